@@ -1,0 +1,54 @@
+"""The ``paw`` command: LightningCLI over PaWModule and RolloutDataModule.
+
+    paw fit --config configs/quickstart.yaml
+    paw fit --config configs/quickstart.yaml --ckpt_path last      # resume
+    paw fit --print_config                                         # every option with its default
+"""
+
+from __future__ import annotations
+
+import os
+import warnings
+
+from lightning.pytorch.callbacks import ModelCheckpoint
+from lightning.pytorch.cli import LightningCLI
+
+from paw_lightning.module import PaWModule
+from paw_lightning.rollout.datamodule import RolloutDataModule
+
+TRAINER_DEFAULTS = {
+    "max_epochs": 20,
+    "log_every_n_steps": 1,
+    "num_sanity_val_steps": 0,
+    "logger": [
+        {"class_path": "lightning.pytorch.loggers.CSVLogger", "init_args": {"save_dir": "runs", "name": "csv"}},
+        {"class_path": "lightning.pytorch.loggers.TensorBoardLogger", "init_args": {"save_dir": "runs", "name": "tensorboard", "default_hp_metric": False}},
+    ],
+}
+
+
+class PaWCLI(LightningCLI):
+    """LightningCLI with paw's defaults (loggers, checkpoint of the last iteration)."""
+
+    def add_arguments_to_parser(self, parser) -> None:
+        parser.add_lightning_class_args(ModelCheckpoint, "checkpoint")
+        parser.set_defaults({"checkpoint.save_last": True, "checkpoint.every_n_epochs": 1})
+
+
+def main(args=None) -> PaWCLI:
+    os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+    # The frozen reference policy is in eval mode on purpose; Lightning's warning about it is noise.
+    warnings.filterwarnings("ignore", message=".*module\\(s\\) in eval mode.*")
+    warnings.filterwarnings("ignore", message=".*isinstance\\(treespec, LeafSpec\\).*")
+    return PaWCLI(
+        PaWModule,
+        RolloutDataModule,
+        seed_everything_default=0,
+        trainer_defaults=TRAINER_DEFAULTS,
+        save_config_kwargs={"overwrite": True},
+        args=args,
+    )
+
+
+if __name__ == "__main__":
+    main()

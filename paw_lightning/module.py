@@ -1,0 +1,274 @@
+"""``PaWModule``: the LLM with its policy and world-model heads, and the PaW training step.
+
+Each training step runs the trunk once over ``[prompt | action | next_obs]`` rows and applies the
+output head(s) only at loss positions (see logprobs.py): the policy head on action tokens (PPO-clip
+surrogate, low-variance KL to the reference policy, entropy bonus) and the world-model head on
+observation tokens (CMAE by default, CE as the ablation), weighted per transition by the PaW callbacks.
+"""
+
+from __future__ import annotations
+
+import copy
+from contextlib import nullcontext
+
+import lightning as L
+import torch
+from torch import Tensor, nn
+
+from paw_lightning.advantages import ADVANTAGES, grpo_advantages
+from paw_lightning.logprobs import (
+    DEFAULT_CHUNK,
+    categorical_entropy,
+    candidate_log_softmax,
+    head_stats,
+    trunk_hidden,
+)
+from paw_lightning.losses import WM_LOSSES, ce_loss, clipped_policy_loss, cmae_loss, low_var_kl, masked_mean
+from paw_lightning.metrics import TokenMean, episode_metrics, rollout_metrics
+from paw_lightning.models import TINY, load_model, trunk_and_head
+from paw_lightning.rollout.batch import SCORE, collate, unit_mask
+from paw_lightning.rollout.types import Rollout
+
+WORLD_MODELS = ("shared", "head")
+
+
+class PaWModule(L.LightningModule):
+    """Policy and world-model co-training of a causal LM.
+
+    Args:
+        model_name: ``tiny`` (offline CPU model) or a Hugging Face id / local path.
+        dtype: float32, bfloat16 or float16 weights.
+        lora_rank: LoRA rank; 0 trains all weights.
+        lora_alpha: LoRA scaling numerator.
+        lora_dropout: dropout on the LoRA path.
+        trust_remote_code: allow model code from the hub folder (off unless you trust it).
+        model_seed: initialisation seed of the ``tiny`` model.
+        lr: AdamW learning rate (the paper's actor: 1e-6; LoRA and the tiny model want far more).
+        weight_decay: AdamW weight decay.
+        clip_eps: PPO clip range of the policy ratio.
+        kl_coef: weight of the low-variance KL to the reference policy (the paper: 0.01); the reference
+            is the model with its LoRA adapter disabled, or a frozen copy of the initial model without LoRA.
+        entropy_coef: weight of the entropy bonus (the paper: 0.001).
+        wm_coef: world-model loss weight; the RewardAdaptiveBalancing callback multiplies it by lambda_g.
+            0 without the PaW callbacks is the plain RL baseline.
+        wm_loss: ``cmae`` (PaW's clipped MAE) or ``ce`` (the cross-entropy ablation).
+        cmae_rho: CMAE clip threshold: tokens predicted with probability > rho get no loss.
+        world_model: ``shared`` (the LM head predicts observations, as in the paper) or ``head`` (a
+            separate output head, initialised from the LM head: WM gradients reach the trunk, not the
+            policy head).
+        advantage: the advantage estimator (``grpo``).
+        grpo_normalize_std: divide GRPO advantages by the group std.
+        head_chunk_size: hidden states sent through the output head at once.
+        score_batch_size: transitions per forward in the no-grad scoring pass.
+    """
+
+    def __init__(
+        self,
+        model_name: str = TINY,
+        dtype: str = "float32",
+        lora_rank: int = 0,
+        lora_alpha: int = 16,
+        lora_dropout: float = 0.0,
+        trust_remote_code: bool = False,
+        model_seed: int = 0,
+        lr: float = 1e-6,
+        weight_decay: float = 0.0,
+        clip_eps: float = 0.2,
+        kl_coef: float = 0.01,
+        entropy_coef: float = 0.001,
+        wm_coef: float = 1.0,
+        wm_loss: str = "cmae",
+        cmae_rho: float = 0.2,
+        world_model: str = "shared",
+        advantage: str = "grpo",
+        grpo_normalize_std: bool = True,
+        head_chunk_size: int = DEFAULT_CHUNK,
+        score_batch_size: int = 32,
+    ) -> None:
+        super().__init__()
+        if wm_loss not in WM_LOSSES:
+            raise ValueError(f"unknown wm_loss {wm_loss!r}; choose one of {WM_LOSSES}")
+        if world_model not in WORLD_MODELS:
+            raise ValueError(f"unknown world_model {world_model!r}; choose one of {WORLD_MODELS}")
+        if advantage not in ADVANTAGES:
+            raise ValueError(f"unknown advantage {advantage!r}; choose one of {ADVANTAGES}")
+        for name, value in dict(kl_coef=kl_coef, entropy_coef=entropy_coef, wm_coef=wm_coef, lr=lr).items():
+            if value < 0:
+                raise ValueError(f"{name} must be >= 0, got {value}")
+        if not 0.0 < cmae_rho <= 1.0:
+            raise ValueError(f"cmae_rho must be in (0, 1], got {cmae_rho}")
+        self.save_hyperparameters()
+        self.model, self.tokenizer = load_model(
+            model_name, dtype=dtype, lora_rank=lora_rank, lora_alpha=lora_alpha, lora_dropout=lora_dropout,
+            trust_remote_code=trust_remote_code, seed=model_seed,
+        )
+        self.uses_lora = lora_rank > 0
+        self.ref_model = None
+        if kl_coef > 0 and not self.uses_lora:
+            # Without LoRA the reference needs its own frozen weights (fine for small models; use LoRA for big ones).
+            self.ref_model = copy.deepcopy(self.model).requires_grad_(False).eval()
+        self.wm_head = None
+        if world_model == "head":
+            _, lm_head = trunk_and_head(self.model)
+            self.wm_head = nn.Linear(lm_head.in_features, lm_head.out_features, bias=False)
+            self.wm_head.weight.data.copy_(lm_head.weight.data)
+        self.wm_token_acc = TokenMean()
+        self.clipped_token_frac = TokenMean()
+        self._rollout_metrics: dict[str, float] = {}
+
+    # ----- the forward pieces -------------------------------------------------------------------
+    def _policy_units(self, model: nn.Module, hidden: Tensor, batch: dict) -> tuple[Tensor, Tensor]:
+        """(B, A) log-probs and entropies of the taken units under ``model``'s output head."""
+        _, head = trunk_and_head(model)
+        temperature = max(float(batch.get("temperature", 1.0)), 1e-6)
+        chunk = self.hparams.head_chunk_size
+        if batch["mode"] == SCORE:
+            stats = head_stats(head, hidden, batch["input_ids"], batch["action_mask"], 1.0, chunk, batch["source"])
+            log_probs = candidate_log_softmax(stats.logp, batch["action_candidate"], batch["num_candidates"], temperature)
+            chosen = log_probs.gather(1, batch["chosen"].unsqueeze(1))
+            return chosen, categorical_entropy(log_probs).unsqueeze(1)
+        stats = head_stats(head, hidden, batch["input_ids"], batch["action_mask"], temperature, chunk, batch["source"])
+        return stats.logp, stats.entropy
+
+    def _reference(self):
+        """Context and model that compute the reference policy."""
+        if self.uses_lora:
+            return self.model.disable_adapter(), self.model
+        return nullcontext(), self.ref_model
+
+    @torch.no_grad()
+    def prepare_rollout(self, rollout: Rollout) -> None:
+        """Score the rollout (old/ref log-probs, action entropy), compute advantages, set WM defaults.
+
+        The score actor already computed the exact candidate log-prob and entropy with these weights
+        while sampling, so only the generate actor (and the reference policy) needs a forward pass here.
+        """
+        n = len(rollout)
+        reuse_actor = rollout.mode == SCORE
+        if reuse_actor:
+            rollout.old_logprobs = [torch.tensor([t.actor_logprob]) for t in rollout.transitions]
+            rollout.action_entropy = torch.tensor([t.actor_entropy for t in rollout.transitions])
+        need_ref = self.hparams.kl_coef > 0
+        if need_ref or not reuse_actor:
+            old, ref, entropy = self._score_pass(rollout, policy=not reuse_actor, reference=need_ref)
+            if not reuse_actor:
+                rollout.old_logprobs, rollout.action_entropy = old, torch.stack(entropy) if entropy else torch.zeros(0)
+            rollout.ref_logprobs = ref if need_ref else None
+        returns, groups = rollout.episode_returns()
+        episode_adv = grpo_advantages(returns, groups, rollout.num_groups, self.hparams.grpo_normalize_std)
+        rollout.advantages = episode_adv[rollout.episode_ids] if n else torch.zeros(0)
+        rollout.wm_selected = torch.ones(n, dtype=torch.bool)
+        rollout.wm_weight = torch.full((n,), float(self.hparams.wm_coef))
+
+    def _score_pass(self, rollout: Rollout, policy: bool, reference: bool):
+        """No-grad unit log-probs (and entropies) of every transition under the policy and/or the reference."""
+        was_training = self.model.training
+        self.model.eval()
+        old, ref, entropy = [], [], []
+        size = self.hparams.score_batch_size
+        for start in range(0, len(rollout), size):
+            batch = self._to_device(collate(rollout.transitions[start : start + size], rollout.mode, self.tokenizer.pad_token_id))
+            batch["temperature"] = rollout.temperature
+            mask = unit_mask(batch)
+            if policy:
+                trunk, _ = trunk_and_head(self.model)
+                logp, ent = self._policy_units(self.model, trunk_hidden(trunk, batch), batch)
+                old += [row[m].float().cpu() for row, m in zip(logp, mask)]
+                entropy += [row[m].float().mean().cpu() for row, m in zip(ent, mask)]
+            if reference:
+                context, ref_model = self._reference()
+                with context:
+                    ref_trunk, _ = trunk_and_head(ref_model)
+                    ref_logp, _ = self._policy_units(ref_model, trunk_hidden(ref_trunk, batch), batch)
+                ref += [row[m].float().cpu() for row, m in zip(ref_logp, mask)]
+        self.model.train(was_training)
+        return old, ref, entropy
+
+    def record_rollout(self, rollout: Rollout) -> None:
+        """Keep the rollout's episode and PaW metrics; training_step logs them for this epoch."""
+        metrics = episode_metrics(rollout) | rollout_metrics(rollout) | rollout.metrics
+        datamodule = getattr(self.trainer, "datamodule", None) if self._trainer is not None else None
+        if datamodule is not None:
+            metrics["rollout/total_env_steps"] = float(datamodule.total_env_steps)
+            metrics["rollout/total_episodes"] = float(datamodule.total_episodes)
+        self._rollout_metrics = metrics
+
+    @property
+    def rollout_metrics(self) -> dict[str, float]:
+        """The metrics of the latest rollout."""
+        return dict(self._rollout_metrics)
+
+    def _to_device(self, batch: dict) -> dict:
+        return {k: v.to(self.device) if isinstance(v, Tensor) else v for k, v in batch.items()}
+
+    # ----- training -----------------------------------------------------------------------------
+    def training_step(self, batch: dict, batch_idx: int) -> Tensor:
+        hp = self.hparams
+        trunk, lm_head = trunk_and_head(self.model)
+        hidden = trunk_hidden(trunk, batch)
+        mask = batch["unit_mask"]
+        logp, entropy = self._policy_units(self.model, hidden, batch)
+        policy_loss, clip_frac, approx_kl = clipped_policy_loss(
+            logp, batch["old_logprobs"], batch["advantages"], mask, hp.clip_eps
+        )
+        entropy_mean = masked_mean(entropy, mask)
+        loss = policy_loss - hp.entropy_coef * entropy_mean
+        logs = {"loss/policy": policy_loss, "loss/entropy": entropy_mean, "loss/clip_frac": clip_frac,
+                "loss/approx_kl": approx_kl}
+        if hp.kl_coef > 0:
+            kl = low_var_kl(logp, batch["ref_logprobs"], mask)
+            loss = loss + hp.kl_coef * kl
+            logs["loss/kl"] = kl
+        weight = batch["wm_weight"] * batch["wm_selected"].float()  # (B,)
+        if weight.sum() > 0:
+            wm_term, wm_logs = self._world_model_loss(hidden, lm_head, batch, weight)
+            loss = loss + wm_term
+            logs |= wm_logs
+        logs["loss/total"] = loss
+        size = len(batch["chosen"])
+        self.log_dict(logs, on_step=True, on_epoch=True, batch_size=size)
+        self.log_dict(self._rollout_metrics, on_step=False, on_epoch=True, batch_size=size)
+        if "episode/success_rate" in self._rollout_metrics:
+            self.log("success", self._rollout_metrics["episode/success_rate"], prog_bar=True, logger=False, batch_size=size)
+        return loss
+
+    def _world_model_loss(self, hidden: Tensor, lm_head: nn.Module, batch: dict, weight: Tensor) -> tuple[Tensor, dict]:
+        """Weighted mean of the per-transition WM loss over the selected transitions, and its metrics."""
+        hp = self.hparams
+        head = self.wm_head if self.wm_head is not None else lm_head
+        obs_mask = batch["obs_mask"]
+        stats = head_stats(head, hidden, batch["input_ids"], obs_mask, 1.0, hp.head_chunk_size, batch["source"])
+        if hp.wm_loss == "cmae":
+            per_row, clipped = cmae_loss(stats.logp, obs_mask, hp.cmae_rho)
+        else:
+            per_row = ce_loss(stats.logp, obs_mask)
+            clipped = torch.zeros_like(obs_mask)
+        per_transition = per_row  # one row per transition
+        selected = batch["wm_selected"].float()
+        wm_term = (weight * per_transition).sum() / selected.sum().clamp(min=1.0)
+        wm_loss = (selected * per_transition).sum() / selected.sum().clamp(min=1.0)
+        self.wm_token_acc.forward_tokens(stats.correct, obs_mask)
+        self.clipped_token_frac.forward_tokens(clipped, obs_mask)
+        logs = {
+            "paw/wm_loss": wm_loss,
+            "paw/wm_weight_mean": (weight.sum() / selected.sum().clamp(min=1.0)),
+            "wm/token_acc": self.wm_token_acc,
+            "paw/clipped_token_frac": self.clipped_token_frac,
+        }
+        return wm_term, logs
+
+    def configure_optimizers(self):
+        params = [p for p in self.parameters() if p.requires_grad]
+        return torch.optim.AdamW(params, lr=self.hparams.lr, weight_decay=self.hparams.weight_decay)
+
+    # ----- checkpoints --------------------------------------------------------------------------
+    def on_save_checkpoint(self, checkpoint: dict) -> None:
+        if self.hparams.model_name == TINY:
+            checkpoint["paw_tokenizer_json"] = self.tokenizer.backend_tokenizer.to_str()
+
+    def on_load_checkpoint(self, checkpoint: dict) -> None:
+        saved = checkpoint.get("paw_tokenizer_json")
+        if saved is not None and saved != self.tokenizer.backend_tokenizer.to_str():
+            from paw_lightning.models import build_tiny_tokenizer
+
+            self.tokenizer = build_tiny_tokenizer(tokenizer_json=saved)

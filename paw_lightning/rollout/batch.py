@@ -1,0 +1,142 @@
+"""Turn transitions into padded tensors ``[prompt | action | next_obs]``, one row per transition.
+
+Generate actor: the row is ``[prompt | response | o_{t+1}]``; action_mask marks the response tokens,
+obs_mask marks o_{t+1}.
+
+Score actor: the row packs every admissible candidate as its own branch after the shared prompt,
+``[prompt | cand_1 | cand_2 | ... | cand_C]``, and the chosen candidate's branch continues with
+o_{t+1}. ``branch`` and ``position_ids`` describe the packing: each branch attends to the prompt and
+to itself only, and its positions restart where the prompt ends, so every candidate is scored exactly
+as if it stood alone after the prompt, but the prompt is encoded once (see ``packed_attention_mask``).
+
+Per-unit tensors (old/reference log-probs) are (B, A): A = 1 for the score actor (the unit is the
+whole chosen candidate), A = T for the generate actor (units sit at the action-token positions).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator, Sequence
+
+import numpy as np
+import torch
+from torch import Tensor
+
+from paw_lightning.rollout.types import Rollout, Transition
+
+SCORE, GENERATE = "score", "generate"
+PROMPT_BRANCH, PAD_BRANCH = -1, -2
+
+
+def build_rows(
+    prompts: Sequence[list[int]],
+    branches: Sequence[Sequence[list[int]]],
+    pad_id: int,
+    obs: Sequence[list[int]] | None = None,
+    chosen: Sequence[int] | None = None,
+) -> dict:
+    """Pack ``prompt + branch_1 + ... + branch_C`` per row; ``obs[b]`` follows branch ``chosen[b]``.
+
+    Returns (R, T) tensors: ``input_ids``, ``attention_mask`` (bool, real tokens), ``position_ids``,
+    ``branch`` (-1 prompt, j for branch j, -2 padding), ``source`` (the position whose hidden state
+    predicts each token: t - 1, except the first token of every branch, which the last prompt token
+    predicts), ``action_mask``, ``action_candidate`` (the branch of each action token, -1 elsewhere)
+    and ``obs_mask``.
+    """
+    rows = []
+    for b, (prompt, row_branches) in enumerate(zip(prompts, branches)):
+        ids, pos, branch, is_obs = list(prompt), list(range(len(prompt))), [PROMPT_BRANCH] * len(prompt), [False] * len(prompt)
+        source = [max(i - 1, 0) for i in range(len(prompt))]
+        for j, cand in enumerate(row_branches):
+            tail = list(obs[b]) if obs is not None and chosen is not None and j == chosen[b] else []
+            first = len(ids)
+            source += [len(prompt) - 1] + list(range(first, first + len(cand) + len(tail) - 1))
+            ids += cand + tail
+            pos += range(len(prompt), len(prompt) + len(cand) + len(tail))
+            branch += [j] * (len(cand) + len(tail))
+            is_obs += [False] * len(cand) + [True] * len(tail)
+        rows.append((ids, pos, branch, is_obs, source))
+    width = max((len(r[0]) for r in rows), default=1)
+    n = len(rows)
+    input_ids = torch.full((n, width), pad_id, dtype=torch.long)
+    position_ids = torch.zeros((n, width), dtype=torch.long)
+    branch = torch.full((n, width), PAD_BRANCH, dtype=torch.long)
+    obs_mask = torch.zeros((n, width), dtype=torch.bool)
+    source = torch.zeros((n, width), dtype=torch.long)
+    for i, (ids, pos, br, is_obs, src) in enumerate(rows):
+        source[i, : len(src)] = torch.as_tensor(src, dtype=torch.long)
+        input_ids[i, : len(ids)] = torch.as_tensor(ids, dtype=torch.long)
+        position_ids[i, : len(pos)] = torch.as_tensor(pos, dtype=torch.long)
+        branch[i, : len(br)] = torch.as_tensor(br, dtype=torch.long)
+        obs_mask[i, : len(is_obs)] = torch.as_tensor(is_obs, dtype=torch.bool)
+    action_mask = (branch >= 0) & ~obs_mask
+    return {
+        "input_ids": input_ids,
+        "attention_mask": branch != PAD_BRANCH,
+        "position_ids": position_ids,
+        "branch": branch,
+        "source": source,
+        "action_mask": action_mask,
+        "action_candidate": torch.where(action_mask, branch, torch.full_like(branch, -1)),
+        "obs_mask": obs_mask,
+    }
+
+
+def collate(transitions: Sequence[Transition], mode: str, pad_id: int) -> dict:
+    """One row per transition, with its masks (no training targets yet)."""
+    if mode == SCORE:
+        for t in transitions:
+            if not (t.candidate_ids and 0 <= t.chosen < len(t.candidate_ids)):
+                raise ValueError("a score-actor transition needs candidate_ids and a valid chosen index")
+        branches = [t.candidate_ids for t in transitions]
+        chosen = [t.chosen for t in transitions]
+    else:
+        branches = [[t.action_ids] for t in transitions]
+        chosen = [0] * len(transitions)
+    batch = build_rows([t.prompt_ids for t in transitions], branches, pad_id, [t.obs_ids for t in transitions], chosen)
+    batch["chosen"] = torch.tensor(chosen, dtype=torch.long)
+    batch["num_candidates"] = torch.tensor([len(b) for b in branches], dtype=torch.long)
+    batch["mode"] = mode
+    return batch
+
+
+def units_to_padded(values: Sequence[Tensor], batch: dict) -> Tensor:
+    """Place per-transition unit values (1D each) into the (B, A) layout of ``batch``."""
+    if batch["mode"] == SCORE:
+        return torch.stack([v.reshape(1) for v in values]).float()
+    mask = batch["action_mask"]
+    out = torch.zeros(mask.shape, dtype=torch.float32)
+    return out.masked_scatter(mask, torch.cat([v.float() for v in values]))
+
+
+def unit_mask(batch: dict) -> Tensor:
+    """(B, A) bool: which units of the batch exist."""
+    if batch["mode"] == SCORE:
+        return torch.ones((len(batch["chosen"]), 1), dtype=torch.bool, device=batch["chosen"].device)
+    return batch["action_mask"]
+
+
+def training_batch(rollout: Rollout, indices: Sequence[int], pad_id: int) -> dict:
+    """A mini-batch of the rollout with everything the training step needs."""
+    transitions = [rollout.transitions[i] for i in indices]
+    batch = collate(transitions, rollout.mode, pad_id)
+    idx = torch.as_tensor(list(indices), dtype=torch.long)
+    batch["old_logprobs"] = units_to_padded([rollout.old_logprobs[i] for i in indices], batch)
+    if rollout.ref_logprobs is not None:
+        batch["ref_logprobs"] = units_to_padded([rollout.ref_logprobs[i] for i in indices], batch)
+    batch["unit_mask"] = unit_mask(batch)
+    batch["advantages"] = rollout.advantages[idx]
+    batch["wm_selected"] = rollout.wm_selected[idx]
+    batch["wm_weight"] = rollout.wm_weight[idx]
+    batch["temperature"] = rollout.temperature
+    return batch
+
+
+def minibatches(
+    rollout: Rollout, epochs: int, batch_size: int, pad_id: int, rng: np.random.Generator
+) -> Iterator[dict]:
+    """``epochs`` shuffled passes over the rollout in mini-batches of ``batch_size`` transitions."""
+    n = len(rollout)
+    for _ in range(epochs):
+        order = rng.permutation(n)
+        for start in range(0, n, batch_size):
+            yield training_batch(rollout, order[start : start + batch_size].tolist(), pad_id)

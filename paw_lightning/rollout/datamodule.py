@@ -1,0 +1,164 @@
+"""``RolloutDataModule``: fresh on-policy experience for every training epoch.
+
+One Lightning epoch is one PaW iteration. When the trainer iterates the train dataloader, the
+``RolloutStream`` asks the module's current policy for a rollout, has the module score it (old and
+reference log-probs, action entropy, advantages), calls ``on_rollout_end(trainer, pl_module, rollout)``
+on every callback that defines it (the PaW callbacks), and then yields shuffled mini-batches for
+``ppo_epochs`` passes. So ``trainer.max_epochs`` is the number of iterations.
+"""
+
+from __future__ import annotations
+
+import functools
+from typing import Any
+
+import gymnasium as gym
+import lightning as L
+import numpy as np
+import torch
+from torch.utils.data import DataLoader, IterableDataset
+
+import paw_lightning.envs  # noqa: F401 - registers the paw/ env ids
+from paw_lightning.rollout.actors import ACTORS, make_actor
+from paw_lightning.rollout.batch import minibatches
+from paw_lightning.rollout.collector import Collector
+from paw_lightning.rollout.prompts import PromptBuilder
+
+
+def make_text_env(env_id: str, env_kwargs: dict[str, Any]) -> gym.Env:
+    """``gymnasium.make`` without the passive checker (text envs are checked against our own contract)."""
+    return gym.make(env_id, disable_env_checker=True, **env_kwargs)
+
+
+class RolloutStream(IterableDataset):
+    """Yields the mini-batches of one fresh rollout each time it is iterated (once per epoch)."""
+
+    def __init__(self, datamodule: "RolloutDataModule") -> None:
+        self.datamodule = datamodule
+
+    def __iter__(self):
+        dm = self.datamodule
+        trainer = dm.trainer
+        module = trainer.lightning_module
+        rollout = dm.collect(module.model, module.tokenizer)
+        module.prepare_rollout(rollout)
+        for callback in trainer.callbacks:
+            hook = getattr(callback, "on_rollout_end", None)
+            if callable(hook):
+                hook(trainer, module, rollout)
+        module.record_rollout(rollout)
+        yield from minibatches(rollout, dm.hparams.ppo_epochs, dm.hparams.mini_batch_size, module.tokenizer.pad_token_id, dm.rng)
+
+
+class RolloutDataModule(L.LightningDataModule):
+    """Gathers trajectories from Gymnasium text envs with the module's current policy.
+
+    Args:
+        env_id: a registered Gymnasium id that follows the text-env contract (``paw/TextWorld-v0``, or yours).
+        env_kwargs: keyword arguments for ``gymnasium.make(env_id, ...)``, e.g. the game pool.
+        num_groups: groups per rollout; each group plays one seed (task).
+        group_size: episodes per group, all reset with the group's seed (GRPO's group).
+        max_steps: steps per episode before it is truncated.
+        actor: ``score`` (rank admissible commands) or ``generate`` (free text with ``<action>`` tags).
+        temperature: rollout sampling temperature (the paper: 1.0); the training log-probs use it too.
+        max_new_tokens: response limit of the generate actor.
+        history_length: past (observation, action) pairs in the prompt (the paper: 2).
+        max_prompt_tokens: prompt budget; history is dropped first, then the prompt's head.
+        max_obs_tokens: the world-model target keeps at most this many tokens of o_{t+1}.
+        invalid_action_penalty: subtracted from the step reward of an invalid action (the paper: 0.1).
+        ppo_epochs: passes over each rollout.
+        mini_batch_size: transitions per optimisation step.
+        seed: seeds the task draws of every rollout and the mini-batch shuffling.
+        progress: show the rollout progress bar (episodes, env steps).
+    """
+
+    def __init__(
+        self,
+        env_id: str = "paw/TextWorld-v0",
+        env_kwargs: dict[str, Any] | None = None,
+        num_groups: int = 4,
+        group_size: int = 4,
+        max_steps: int = 10,
+        actor: str = "score",
+        temperature: float = 1.0,
+        max_new_tokens: int = 128,
+        history_length: int = 2,
+        max_prompt_tokens: int = 1024,
+        max_obs_tokens: int = 256,
+        invalid_action_penalty: float = 0.1,
+        ppo_epochs: int = 1,
+        mini_batch_size: int = 16,
+        seed: int = 0,
+        progress: bool = True,
+    ) -> None:
+        super().__init__()
+        if env_id not in gym.registry:
+            known = sorted(k for k in gym.registry if k.startswith("paw/"))
+            raise ValueError(f"unknown env id {env_id!r}; registered text envs: {known}. Register yours with gymnasium.register first.")
+        if actor not in ACTORS:
+            raise ValueError(f"unknown actor {actor!r}; choose one of {ACTORS}")
+        for name, value in dict(num_groups=num_groups, group_size=group_size, max_steps=max_steps, ppo_epochs=ppo_epochs,
+                                mini_batch_size=mini_batch_size, max_prompt_tokens=max_prompt_tokens).items():
+            if value < 1:
+                raise ValueError(f"{name} must be >= 1, got {value}")
+        if temperature < 0:
+            raise ValueError(f"temperature must be >= 0, got {temperature}")
+        self.save_hyperparameters()
+        self.rng = np.random.default_rng(seed)
+        self.iteration = 0
+        self.total_env_steps = 0
+        self.total_episodes = 0
+        self.collector: Collector | None = None
+
+    def setup(self, stage: str) -> None:
+        if self.collector is None:
+            hp = self.hparams
+            self.collector = Collector(
+                make_env=functools.partial(make_text_env, hp.env_id, dict(hp.env_kwargs or {})),
+                num_groups=hp.num_groups,
+                group_size=hp.group_size,
+                max_steps=hp.max_steps,
+                prompts=PromptBuilder(hp.history_length, hp.actor == "generate", hp.max_prompt_tokens),
+                actor=make_actor(hp.actor, hp.temperature, hp.max_new_tokens),
+                invalid_action_penalty=hp.invalid_action_penalty,
+                max_obs_tokens=hp.max_obs_tokens,
+            )
+
+    def teardown(self, stage: str) -> None:
+        if self.collector is not None:
+            self.collector.close()
+            self.collector = None
+
+    def collect(self, model, tokenizer):
+        """One rollout with the given policy (no gradients, eval mode restored afterwards)."""
+        if self.collector is None:
+            self.setup("fit")
+        seeds = self.rng.integers(0, 2**31 - 1, size=self.hparams.num_groups).tolist()
+        generator = torch.Generator().manual_seed(int(self.rng.integers(0, 2**31 - 1)))
+        was_training = model.training
+        model.eval()
+        try:
+            rollout = self.collector.collect(model, tokenizer, seeds, generator, self.iteration, self.hparams.progress)
+        finally:
+            model.train(was_training)
+        self.iteration += 1
+        self.total_env_steps += rollout.env_steps
+        self.total_episodes += len(rollout.episodes)
+        return rollout
+
+    def train_dataloader(self) -> DataLoader:
+        return DataLoader(RolloutStream(self), batch_size=None, num_workers=0)
+
+    def state_dict(self) -> dict[str, Any]:
+        return {
+            "rng": self.rng.bit_generator.state,
+            "iteration": self.iteration,
+            "total_env_steps": self.total_env_steps,
+            "total_episodes": self.total_episodes,
+        }
+
+    def load_state_dict(self, state_dict: dict[str, Any]) -> None:
+        self.rng.bit_generator.state = state_dict["rng"]
+        self.iteration = state_dict["iteration"]
+        self.total_env_steps = state_dict["total_env_steps"]
+        self.total_episodes = state_dict["total_episodes"]

@@ -1,0 +1,97 @@
+"""Prompt templates in the spirit of the paper's: task, last k (observation, action) pairs, current
+observation, admissible actions; with the think/action tag instruction for the generate actor.
+
+Instruct models get the text wrapped in their chat template as a user turn.
+"""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass
+
+TEXTWORLD_TEMPLATE = (
+    "You are an expert agent playing a text-based game.\n"
+    "Your task is: {task}\n"
+    "{history}"
+    "You have taken {step} step(s) so far. Current observation: {observation}\n"
+    "Your admissible actions are: {actions}\n"
+)
+HISTORY_HEADER = "Your last {k} observations and actions:\n"
+HISTORY_ENTRY = "[Observation {i}: {observation}]\n[Action {i}: {action}]\n"
+GENERATE_SUFFIX = (
+    "Think briefly about the next step inside <think> </think>, then give exactly one admissible "
+    "action inside <action> </action>.\n"
+)
+SCORE_SUFFIX = "Your next action:"
+
+ACTION_PATTERN = re.compile(r"<action>\s*(.*?)\s*</action>", re.DOTALL | re.IGNORECASE)
+
+
+def parse_action(response: str) -> str | None:
+    """The text inside the first ``<action>...</action>`` tag, or None when there is none."""
+    match = ACTION_PATTERN.search(response)
+    if match is None or not match.group(1).strip():
+        return None
+    return " ".join(match.group(1).split())
+
+
+def is_admissible(action: str, admissible: list[str] | None) -> bool:
+    """Case- and space-insensitive membership; every action is admissible when the env lists none."""
+    if admissible is None:
+        return True
+    wanted = " ".join(action.lower().split())
+    return any(wanted == " ".join(a.lower().split()) for a in admissible)
+
+
+@dataclass
+class PromptBuilder:
+    """Renders the prompt of one step and tokenises it.
+
+    Args:
+        history_length: how many past (observation, action) pairs to show (the paper: 2).
+        generate: add the think/action tag instruction (generate actor) instead of the score suffix.
+        max_prompt_tokens: longer prompts drop history first, then keep their last tokens.
+        template: a str.format template with task, history, step, observation and actions fields.
+    """
+
+    history_length: int = 2
+    generate: bool = False
+    max_prompt_tokens: int = 1024
+    template: str = TEXTWORLD_TEMPLATE
+
+    def render(
+        self, task: str, observation: str, admissible: list[str] | None, history: list[tuple[str, str]], keep: int
+    ) -> str:
+        """The prompt text with the last ``keep`` of the ``history`` (observation, action) pairs."""
+        shown = history[len(history) - keep :] if keep > 0 else []
+        history_text = ""
+        if shown:
+            first = len(history) - len(shown) + 1
+            history_text = HISTORY_HEADER.format(k=len(shown)) + "".join(
+                HISTORY_ENTRY.format(i=first + j, observation=o, action=a) for j, (o, a) in enumerate(shown)
+            )
+        actions = ", ".join(admissible) if admissible is not None else "any text command"
+        text = self.template.format(
+            task=task, history=history_text, step=len(history), observation=observation, actions=actions
+        )
+        return text + (GENERATE_SUFFIX if self.generate else SCORE_SUFFIX)
+
+    def encode(self, tokenizer, text: str) -> list[int]:
+        """Token ids of the text, as a user turn of the chat template when the tokenizer has one."""
+        if getattr(tokenizer, "chat_template", None):
+            encoded = tokenizer.apply_chat_template(
+                [{"role": "user", "content": text}], add_generation_prompt=True, tokenize=True
+            )
+            return list(encoded["input_ids"] if hasattr(encoded, "keys") else encoded)
+        return tokenizer(text, add_special_tokens=False)["input_ids"]
+
+    def build(
+        self, tokenizer, task: str, observation: str, admissible: list[str] | None, history: list[tuple[str, str]]
+    ) -> list[int]:
+        """Token ids of the prompt within ``max_prompt_tokens``: history is dropped oldest first, then
+        the prompt keeps its last tokens (the current observation and the admissible actions)."""
+        for keep in range(min(self.history_length, len(history)), -1, -1):
+            ids = self.encode(tokenizer, self.render(task, observation, admissible, history, keep))
+            if len(ids) <= self.max_prompt_tokens:
+                return ids
+        return ids[-self.max_prompt_tokens :]

@@ -1,0 +1,93 @@
+"""What a rollout holds: one ``Transition`` per env step and one ``Episode`` per finished episode.
+
+The collector fills the transitions; ``PaWModule.prepare_rollout`` adds the per-transition tensors
+(old/reference log-probs, action entropy, advantages) and the PaW callbacks write ``wm_selected`` and
+``wm_weight``. Everything downstream (batches, losses, metrics) reads from here.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import torch
+from torch import Tensor
+
+
+@dataclass
+class Transition:
+    """One step ``[h_t | a_t | o_{t+1}]`` of one episode, tokenised."""
+
+    prompt_ids: list[int]  # the templated prompt h_t
+    action_ids: list[int]  # the response a_t (score actor: the chosen candidate)
+    action_text: str  # what was sent to the env
+    obs_ids: list[int]  # o_{t+1}, the world-model target (truncated to max_obs_tokens)
+    next_obs: str
+    reward: float  # per step, including the invalid-action penalty
+    done: bool
+    valid: bool  # parsed and admissible
+    group_id: int
+    episode_id: int
+    step: int
+    task_type: str
+    actor_logprob: float = float("nan")  # the behaviour policy's log-prob at sampling time (score actor)
+    actor_entropy: float = float("nan")  # entropy of the candidate distribution at sampling time (score actor)
+    candidate_ids: list[list[int]] | None = None  # score actor: every admissible command, tokenised
+    chosen: int = -1  # score actor: index of the taken candidate
+
+
+@dataclass
+class Episode:
+    """Summary of one episode."""
+
+    episode_id: int
+    group_id: int
+    seed: int
+    task_type: str
+    total_return: float = 0.0
+    length: int = 0
+    won: bool = False
+    valid_actions: int = 0
+    env_restarts: int = 0
+
+
+@dataclass
+class Rollout:
+    """All transitions and episodes of one iteration, plus what scoring and the callbacks add."""
+
+    transitions: list[Transition]
+    episodes: list[Episode]
+    num_groups: int
+    mode: str  # "score" or "generate": how the actor chose actions
+    temperature: float
+    iteration: int = 0
+    wall_s: float = 0.0
+    # Per transition, filled by PaWModule.prepare_rollout:
+    old_logprobs: list[Tensor] = field(default_factory=list)  # each (units,)
+    ref_logprobs: list[Tensor] | None = None
+    action_entropy: Tensor | None = None  # (N,)
+    advantages: Tensor | None = None  # (N,)
+    # Per transition, written by the PaW callbacks (defaults: every transition, weight wm_coef):
+    wm_selected: Tensor | None = None  # (N,) bool
+    wm_weight: Tensor | None = None  # (N,)
+    metrics: dict[str, float] = field(default_factory=dict)  # extra metrics from the rollout hooks
+
+    def __len__(self) -> int:
+        return len(self.transitions)
+
+    @property
+    def group_ids(self) -> Tensor:
+        return torch.tensor([t.group_id for t in self.transitions], dtype=torch.long)
+
+    @property
+    def episode_ids(self) -> Tensor:
+        return torch.tensor([t.episode_id for t in self.transitions], dtype=torch.long)
+
+    @property
+    def env_steps(self) -> int:
+        return len(self.transitions)
+
+    def episode_returns(self) -> tuple[Tensor, Tensor]:
+        """(E,) returns and (E,) groups of the episodes, indexed by episode_id."""
+        returns = torch.tensor([e.total_return for e in self.episodes], dtype=torch.float32)
+        groups = torch.tensor([e.group_id for e in self.episodes], dtype=torch.long)
+        return returns, groups

@@ -1,0 +1,34 @@
+"""Shared test set-up: offline, generated games cached once per session, ALFWorld data in a temp dir."""
+
+from __future__ import annotations
+
+import os
+import tempfile
+
+os.environ["HF_HUB_OFFLINE"] = "1"
+os.environ["TRANSFORMERS_OFFLINE"] = "1"
+os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+os.environ.setdefault("ALFWORLD_DATA", tempfile.mkdtemp(prefix="alfworld-data-"))
+# One game cache for the whole session (games are generated once, then reused by every test).
+os.environ.setdefault("PAW_CACHE_DIR", os.path.join(tempfile.gettempdir(), "paw-test-cache"))
+
+import pytest  # noqa: E402
+import torch  # noqa: E402
+
+torch.set_num_threads(2)
+
+# The small game pool that env, collector and CLI tests share.
+COIN_POOL = {"challenge": "tw-coin_collector", "settings": {"level": 3}, "num_train": 3, "num_eval": 2}
+
+
+@pytest.fixture(scope="session")
+def tiny():
+    """The tiny model and tokenizer (built once per session; tests that train copy it)."""
+    from paw_lightning.models import load_model
+
+    return load_model("tiny")
+
+
+@pytest.fixture(scope="session")
+def coin_pool_kwargs():
+    return dict(COIN_POOL)

@@ -1,0 +1,39 @@
+import pytest
+import torch
+
+from paw_lightning.models import build_tiny_tokenizer, load_model, trunk_and_head
+
+
+def test_tiny_tokenizer_is_deterministic_and_lossless():
+    a, b = build_tiny_tokenizer(), build_tiny_tokenizer()
+    assert a.backend_tokenizer.to_str() == b.backend_tokenizer.to_str()
+    text = "-= Kitchen =-\nYou see a ✨ coin.\n<action>take coin</action>"
+    assert a.decode(a(text, add_special_tokens=False)["input_ids"]) == text
+    restored = build_tiny_tokenizer(tokenizer_json=a.backend_tokenizer.to_str())
+    assert restored("take coin")["input_ids"] == a("take coin")["input_ids"]
+
+
+def test_tiny_model_is_seeded():
+    m1, _ = load_model("tiny", seed=3)
+    m2, _ = load_model("tiny", seed=3)
+    m3, _ = load_model("tiny", seed=4)
+    w = lambda m: m.model.layers[0].self_attn.q_proj.weight  # noqa: E731
+    assert torch.equal(w(m1), w(m2)) and not torch.equal(w(m1), w(m3))
+
+
+def test_lora_trains_only_the_adapter():
+    model, _ = load_model("tiny", lora_rank=4)
+    trainable = [n for n, p in model.named_parameters() if p.requires_grad]
+    assert trainable and all("lora_" in n for n in trainable)
+    trunk, head = trunk_and_head(model)
+    assert head.out_features == trunk.embed_tokens.num_embeddings
+
+
+def test_unloadable_model_is_a_clear_error(tmp_path):
+    with pytest.raises(OSError, match="could not load model"):
+        load_model(str(tmp_path / "no-such-model"))
+
+
+def test_unknown_dtype_is_rejected():
+    with pytest.raises(ValueError, match="dtype"):
+        load_model("tiny", dtype="float8")

@@ -1,0 +1,114 @@
+import functools
+
+import numpy as np
+import pytest
+import torch
+
+from paw_lightning.module import PaWModule
+from paw_lightning.rollout.actors import GenerateActor, ScoreActor
+from paw_lightning.rollout.batch import minibatches
+from paw_lightning.rollout.collector import Collector
+from paw_lightning.rollout.datamodule import make_text_env
+from paw_lightning.rollout.prompts import PromptBuilder
+import tests.envs.fakes  # noqa: F401 - registers paw-test/Corridor-v0
+
+
+def rollout_for(module, actor, num_groups=2, group_size=2, max_steps=3):
+    make = functools.partial(make_text_env, "paw-test/Corridor-v0", {})
+    collector = Collector(make, num_groups, group_size, max_steps, PromptBuilder(generate=actor.mode == "generate"), actor)
+    rollout = collector.collect(module.model, module.tokenizer, list(range(num_groups)), torch.Generator().manual_seed(0), progress=False)
+    module.prepare_rollout(rollout)
+    return rollout
+
+
+def one_batch(module, rollout):
+    return next(minibatches(rollout, 1, len(rollout), module.tokenizer.pad_token_id, np.random.default_rng(0)))
+
+
+def quiet(module):
+    module.log = module.log_dict = lambda *a, **k: None
+    return module
+
+
+@pytest.mark.parametrize("actor", [ScoreActor(), GenerateActor(max_new_tokens=5)], ids=["score", "generate"])
+def test_training_step_gives_finite_loss_and_gradients(actor):
+    module = quiet(PaWModule(lr=1e-3))
+    rollout = rollout_for(module, actor)
+    assert rollout.advantages.shape == (len(rollout),) and rollout.action_entropy.shape == (len(rollout),)
+    loss = module.training_step(one_batch(module, rollout), 0)
+    loss.backward()
+    assert torch.isfinite(loss)
+    assert any(p.grad is not None and p.grad.abs().sum() > 0 for p in module.model.parameters())
+
+
+def test_scoring_pass_reproduces_the_actor_log_probs():
+    """The generate path recomputes old log-probs; for the score actor they come from sampling time."""
+    module = PaWModule(lr=1e-3, kl_coef=0.0)
+    rollout = rollout_for(module, ScoreActor())
+    old, _, entropy = module._score_pass(rollout, policy=True, reference=False)
+    assert torch.allclose(torch.cat(old), torch.tensor([t.actor_logprob for t in rollout.transitions]), atol=1e-5)
+    assert torch.allclose(torch.stack(entropy), rollout.action_entropy, atol=1e-5)
+
+
+@pytest.mark.parametrize("lora_rank", [0, 4])
+def test_kl_is_exactly_zero_before_the_first_update(lora_rank):
+    module = PaWModule(lr=1e-3, kl_coef=0.1, lora_rank=lora_rank)
+    rollout = rollout_for(module, GenerateActor(max_new_tokens=4))
+    assert all(torch.equal(o, r) for o, r in zip(rollout.old_logprobs, rollout.ref_logprobs))
+
+
+def test_lora_reference_is_the_base_model_with_the_adapter_disabled():
+    module = PaWModule(lr=1e-2, kl_coef=0.1, lora_rank=4)
+    assert module.ref_model is None  # no second copy in memory
+    for p in module.model.parameters():  # move the adapter away from its zero init
+        if p.requires_grad:
+            p.data.add_(0.05)
+    rollout = rollout_for(module, GenerateActor(max_new_tokens=4))
+    differs = [not torch.allclose(o, r) for o, r in zip(rollout.old_logprobs, rollout.ref_logprobs)]
+    assert any(differs)
+
+
+def test_plain_rl_baseline_skips_the_world_model():
+    module = quiet(PaWModule(lr=1e-3, wm_coef=0.0))
+    calls = []
+    module._world_model_loss = lambda *a: calls.append(a)
+    rollout = rollout_for(module, ScoreActor())
+    module.training_step(one_batch(module, rollout), 0)
+    assert calls == []
+
+
+def test_world_model_loss_follows_weights_and_selection():
+    module = quiet(PaWModule(lr=1e-3, kl_coef=0.0, entropy_coef=0.0))
+    rollout = rollout_for(module, ScoreActor())
+    rollout.advantages.zero_()  # policy loss is 0: the loss is the WM term alone
+    batch = one_batch(module, rollout)
+    full = module.training_step(batch, 0).item()
+    batch["wm_weight"] = batch["wm_weight"] * 0.5
+    half = module.training_step(batch, 0).item()
+    assert full > 0 and half == pytest.approx(full / 2, rel=1e-4)
+    batch["wm_selected"][:] = False
+    assert module.training_step(batch, 0).item() == pytest.approx(0.0, abs=1e-7)
+
+
+def test_separate_world_model_head_keeps_wm_gradients_off_the_policy_path():
+    module = quiet(PaWModule(lr=1e-3, kl_coef=0.0, entropy_coef=0.0, world_model="head"))
+    rollout = rollout_for(module, ScoreActor())
+    rollout.advantages.zero_()
+    module.training_step(one_batch(module, rollout), 0).backward()
+    assert module.wm_head.weight.grad.abs().sum() > 0
+    layer = module.model.model.layers[0].mlp.down_proj.weight
+    assert layer.grad.abs().sum() > 0  # the trunk learns from the world model
+    module.zero_grad()
+    baseline = quiet(PaWModule(lr=1e-3, wm_coef=0.0, world_model="head"))
+    rollout = rollout_for(baseline, ScoreActor())
+    baseline.training_step(one_batch(baseline, rollout), 0).backward()
+    assert baseline.wm_head.weight.grad is None  # the policy loss never touches the WM head
+
+
+@pytest.mark.parametrize(
+    "kwargs, message",
+    [({"wm_loss": "mse"}, "wm_loss"), ({"world_model": "twin"}, "world_model"), ({"cmae_rho": 0.0}, "cmae_rho"), ({"kl_coef": -1}, "kl_coef")],
+)
+def test_bad_module_config_fails_before_loading_anything(kwargs, message):
+    with pytest.raises(ValueError, match=message):
+        PaWModule(**kwargs)
