@@ -41,6 +41,31 @@ def clean_feedback(text: str) -> str:
     return tidy_text(STATUS_LINE.sub("", text))
 
 
+def challenge_settings(challenge: str, settings: dict[str, Any]) -> dict[str, Any]:
+    """The challenge's full settings: its own argparser defaults, updated with ``settings``.
+
+    Raises ValueError naming the challenge's required settings when one is missing or unknown.
+    """
+    if challenge == "custom":
+        unknown = set(settings) - {"world_size", "nb_objects", "quest_length"}
+        if unknown:
+            raise ValueError(f"custom TextWorld games take world_size, nb_objects, quest_length; got {sorted(unknown)}")
+        return dict(settings)
+    import textworld.challenges
+
+    _, _, build_parser = textworld.challenges.CHALLENGES[challenge]
+    actions = [a for a in build_parser()._actions if a.dest != "help"]
+    known = {a.dest for a in actions}
+    unknown = set(settings) - known
+    missing = [a.dest for a in actions if a.required and a.dest not in settings]
+    if unknown or missing:
+        raise ValueError(
+            f"{challenge} settings must give {sorted(a.dest for a in actions if a.required)} and may give "
+            f"{sorted(known)}; missing {missing}, unknown {sorted(unknown)}"
+        )
+    return {a.dest: a.default for a in actions} | dict(settings)
+
+
 def default_cache_dir() -> Path:
     """Where generated games are cached: ``$PAW_CACHE_DIR`` or ``~/.cache/paw_lightning``."""
     return Path(os.environ.get("PAW_CACHE_DIR", Path.home() / ".cache" / "paw_lightning"))
@@ -75,6 +100,7 @@ class TextWorldGamePool:
             raise ValueError(f"need num_train >= 1 and num_eval >= 0, got {self.num_train}, {self.num_eval}")
         if max(self.num_train, self.num_eval) >= EVAL_SEED_OFFSET:
             raise ValueError(f"a split holds at most {EVAL_SEED_OFFSET - 1} games")
+        self.settings = challenge_settings(self.challenge, self.settings)
 
     @property
     def folder(self) -> Path:

@@ -35,7 +35,8 @@ class PaWCLI(LightningCLI):
         parser.set_defaults({"checkpoint.save_last": True, "checkpoint.every_n_epochs": 1})
 
 
-def main(args=None) -> PaWCLI:
+def cli_main(args=None) -> PaWCLI:
+    """Build and run the CLI; returns it so that tests and notebooks can inspect the trainer."""
     os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
     # The frozen reference policy is in eval mode on purpose; Lightning's warning about it is noise.
     warnings.filterwarnings("ignore", message=".*module\\(s\\) in eval mode.*")
@@ -48,6 +49,11 @@ def main(args=None) -> PaWCLI:
         save_config_kwargs={"overwrite": True},
         args=args,
     )
+
+
+def main() -> None:
+    """The ``paw`` console script."""
+    cli_main()
 
 
 if __name__ == "__main__":

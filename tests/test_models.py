@@ -37,3 +37,14 @@ def test_unloadable_model_is_a_clear_error(tmp_path):
 def test_unknown_dtype_is_rejected():
     with pytest.raises(ValueError, match="dtype"):
         load_model("tiny", dtype="float8")
+
+
+def test_a_local_hugging_face_folder_loads_offline_with_lora(tmp_path):
+    model, tokenizer = load_model("tiny", seed=5)
+    model.save_pretrained(tmp_path)
+    tokenizer.save_pretrained(tmp_path)
+    loaded, loaded_tokenizer = load_model(str(tmp_path), lora_rank=2)
+    ids = torch.tensor([tokenizer("go east")["input_ids"]])
+    with torch.no_grad(), loaded.disable_adapter():
+        assert torch.allclose(loaded(input_ids=ids).logits, model(input_ids=ids).logits, atol=1e-5)
+    assert loaded_tokenizer("go east")["input_ids"] == tokenizer("go east")["input_ids"]

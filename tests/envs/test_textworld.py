@@ -22,9 +22,13 @@ def test_pool_splits_use_disjoint_seeds_and_are_cached(pool):
     assert [__import__("os").path.getmtime(f) for f in files] == mtimes  # not regenerated
 
 
-def test_pool_rejects_unknown_challenge():
+def test_pool_rejects_unknown_challenge_and_settings():
     with pytest.raises(ValueError, match="unknown TextWorld challenge"):
         TextWorldGamePool(challenge="tw-nope")
+    with pytest.raises(ValueError, match="missing \\['level'\\]"):
+        TextWorldGamePool(challenge="tw-coin_collector", settings={})
+    with pytest.raises(ValueError, match="unknown \\['colour'\\]"):
+        TextWorldGamePool(challenge="tw-simple", settings={"rewards": "dense", "goal": "brief", "colour": 1})
 
 
 def test_missing_game_files_are_a_clear_error(tmp_path):
@@ -84,3 +88,25 @@ def test_eval_split_plays_other_games(coin_pool_kwargs):
     evaluation = TextWorldEnv(progress=False, split="eval", **coin_pool_kwargs)
     assert not set(train.games) & set(evaluation.games)
     assert evaluation.reset(seed=0)[1]["task_type"] == "coin_collector"
+
+
+@pytest.mark.parametrize(
+    "challenge, settings",
+    [
+        ("tw-simple", {"rewards": "dense", "goal": "detailed"}),
+        ("tw-treasure_hunter", {"level": 2}),
+        ("tw-cooking", {"recipe": 1, "take": 1}),
+        ("custom", {"world_size": 2, "nb_objects": 3, "quest_length": 2}),
+    ],
+)
+def test_every_challenge_generates_games_the_expert_wins(challenge, settings):
+    env = gym.make("paw/TextWorld-v0", disable_env_checker=True, challenge=challenge, settings=settings,
+                   num_train=1, num_eval=0, progress=False)
+    obs, info = env.reset(seed=0)
+    assert obs and info["task_type"] == challenge.removeprefix("tw-")
+    won = False
+    for command in info["expert_plan"]:
+        obs, reward, terminated, truncated, info = env.step(command)
+        won = info["won"]
+    assert won and reward == 10.0 and terminated
+    env.close()

@@ -1,0 +1,91 @@
+"""End-to-end runs through the real ``paw`` CLI with tiny budgets, and every preset through its parser."""
+
+import csv
+import json
+from pathlib import Path
+
+import pytest
+import torch
+
+from paw_lightning.cli import cli_main as main
+
+ROOT = Path(__file__).resolve().parents[1]
+CONFIGS = sorted((ROOT / "configs").glob("*.yaml"))
+SMALL = [
+    "--trainer.max_epochs=2",
+    "--trainer.enable_progress_bar=false",
+    "--data.num_groups=2",
+    "--data.group_size=2",
+    "--data.max_steps=3",
+    "--data.mini_batch_size=8",
+    "--data.progress=false",
+]
+
+
+def small_env(coin_pool_kwargs):
+    return "--data.env_kwargs=" + json.dumps(dict(coin_pool_kwargs, progress=False))
+
+
+def success_by_epoch(log_dir: Path) -> dict[int, float]:
+    rows = list(csv.DictReader(open(log_dir / "metrics.csv")))
+    return {int(r["epoch"]): float(r["episode/success_rate"]) for r in rows if r.get("episode/success_rate")}
+
+
+@pytest.mark.parametrize("config", CONFIGS, ids=[c.name for c in CONFIGS])
+def test_every_config_parses_through_the_cli(config, capsys):
+    with pytest.raises(SystemExit) as exit_info:
+        main(["fit", "--config", str(config), "--print_config"])
+    assert exit_info.value.code in (0, None)
+    printed = capsys.readouterr().out
+    assert "model_name:" in printed and "env_id:" in printed
+
+
+@pytest.mark.slow
+def test_two_iterations_of_paw_fit_then_resume(tmp_path, monkeypatch, coin_pool_kwargs, capsys):
+    monkeypatch.chdir(tmp_path)
+    main(["fit", "--config", str(ROOT / "configs/quickstart.yaml"), *SMALL, small_env(coin_pool_kwargs)])
+    out = capsys.readouterr().out
+    assert "PaW run summary" in out and "success, first iteration" in out
+    log_dir = tmp_path / "runs/csv/version_0"
+    assert sorted(success_by_epoch(log_dir)) == [0, 1]
+    header = open(log_dir / "metrics.csv").readline().strip().split(",")
+    for name in ("loss/policy_step", "loss/kl_step", "paw/wm_loss_step", "paw/clipped_token_frac_step",
+                 "wm/token_acc_step", "paw/lambda_mean", "paw/selected_frac", "episode/valid_action_ratio",
+                 "episode/success_rate/coin_collector", "rollout/env_steps_per_s"):
+        assert name in header, name
+    last = tmp_path / "runs/csv/version_0/checkpoints/last.ckpt"
+    checkpoint = torch.load(last, weights_only=False)
+    assert checkpoint["epoch"] == 1 and checkpoint["RolloutDataModule"]["iteration"] == 2
+    assert "paw_tokenizer_json" in checkpoint
+
+    # resume: one more iteration continues from the saved iteration counter and RNG
+    cli = main(["fit", "--config", str(ROOT / "configs/quickstart.yaml"), *SMALL, small_env(coin_pool_kwargs),
+                "--trainer.max_epochs=3", f"--ckpt_path={last}"])
+    assert cli.datamodule.iteration == 3
+    resumed = success_by_epoch(tmp_path / "runs/csv/version_1")
+    assert sorted(resumed) == [2]
+
+
+@pytest.mark.slow
+def test_grpo_baseline_runs_without_world_model_metrics(tmp_path, monkeypatch, coin_pool_kwargs):
+    monkeypatch.chdir(tmp_path)
+    main(["fit", "--config", str(ROOT / "configs/quickstart_grpo.yaml"), *SMALL, "--trainer.max_epochs=1", small_env(coin_pool_kwargs)])
+    header = open(tmp_path / "runs/csv/version_0/metrics.csv").readline().strip().split(",")
+    assert "loss/policy_step" in header and "paw/wm_loss_step" not in header
+
+
+@pytest.mark.parametrize(
+    "override, message",
+    [
+        ("--data.env_id=paw/Nope-v0", "unknown env id"),
+        ("--data.actor=telepathy", "unknown actor"),
+        ("--model.wm_loss=mse", "wm_loss"),
+    ],
+)
+def test_bad_config_fails_before_any_compute(tmp_path, monkeypatch, override, message, capsys):
+    monkeypatch.chdir(tmp_path)
+    with pytest.raises((ValueError, SystemExit)) as err:
+        main(["fit", "--config", str(ROOT / "configs/quickstart.yaml"), override])
+    text = str(err.value) + capsys.readouterr().err
+    assert message in text
+    assert not (tmp_path / "runs").exists() or not any((tmp_path / "runs").rglob("*.ckpt"))
