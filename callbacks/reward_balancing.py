@@ -2,11 +2,16 @@
 
 lambda_g = clamp(1 - mean return of group g / r_max, 0, 1): groups that fail everywhere lean on the
 world-model signal; groups that already succeed leave the update to the RL loss.
+
+A group is the episodes of one task seed. When every group holds a single episode (``group_size: 1``,
+as PPO may run), one episode says little about how hard its task is, so the whole rollout is then
+treated as one group.
 """
 
 from __future__ import annotations
 
 import lightning as L
+import torch
 
 from paw_lightning.selection import check_r_max, reward_adaptive_lambda
 
@@ -24,6 +29,10 @@ class RewardAdaptiveBalancing(L.Callback):
 
     def on_rollout_end(self, trainer: L.Trainer, pl_module: L.LightningModule, rollout) -> None:
         returns, groups = rollout.episode_returns()
-        lam = reward_adaptive_lambda(returns, groups, rollout.num_groups, self.r_max)  # (G,)
-        rollout.wm_weight = rollout.wm_weight * lam[rollout.group_ids]
+        group_ids = rollout.group_ids
+        num_groups = rollout.num_groups
+        if len(groups) and torch.bincount(groups).max() <= 1:
+            groups, group_ids, num_groups = torch.zeros_like(groups), torch.zeros_like(group_ids), 1
+        lam = reward_adaptive_lambda(returns, groups, num_groups, self.r_max)  # (G,)
+        rollout.wm_weight = rollout.wm_weight * lam[group_ids]
         rollout.metrics["paw/lambda_mean"] = lam.mean().item()

@@ -83,4 +83,24 @@ def ce_loss(token_logp: Tensor, obs_mask: Tensor) -> Tensor:
     return -(token_logp * mask).sum(-1) / mask.sum(-1).clamp(min=1.0)
 
 
+def clipped_value_loss(values: Tensor, old_values: Tensor, targets: Tensor, clip: float = 0.2) -> Tensor:
+    """PPO's clipped value loss: 0.5 * mean(max((V - R)^2, (V_old + clip(V - V_old) - R)^2)).
+
+    All (B,). ``clip`` <= 0 turns clipping off (plain squared error).
+    """
+    unclipped = (values - targets) ** 2
+    if clip <= 0:
+        return 0.5 * unclipped.mean()
+    clipped = old_values + torch.clamp(values - old_values, -clip, clip)
+    return 0.5 * torch.maximum(unclipped, (clipped - targets) ** 2).mean()
+
+
+def explained_variance(predicted: Tensor, targets: Tensor) -> Tensor:
+    """1 - Var(targets - predicted) / Var(targets); NaN when the targets do not vary."""
+    var = targets.var(unbiased=False)
+    if var == 0:
+        return torch.tensor(float("nan"))
+    return 1.0 - (targets - predicted).var(unbiased=False) / var
+
+
 WM_LOSSES = ("cmae", "ce")

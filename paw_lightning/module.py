@@ -15,7 +15,17 @@ import lightning as L
 import torch
 from torch import Tensor, nn
 
-from paw_lightning.advantages import ADVANTAGES, grpo_advantages
+from paw_lightning.advantages import (
+    ADVANTAGES,
+    NORM_MODES,
+    anchor_groups,
+    gae_advantages,
+    gigpo_advantages,
+    grpo_advantages,
+    reinforce_pp_advantages,
+    rloo_advantages,
+    whiten,
+)
 from paw_lightning.logprobs import (
     DEFAULT_CHUNK,
     categorical_entropy,
@@ -23,10 +33,19 @@ from paw_lightning.logprobs import (
     head_stats,
     trunk_hidden,
 )
-from paw_lightning.losses import WM_LOSSES, ce_loss, clipped_policy_loss, cmae_loss, low_var_kl, masked_mean
+from paw_lightning.losses import (
+    WM_LOSSES,
+    ce_loss,
+    clipped_policy_loss,
+    clipped_value_loss,
+    cmae_loss,
+    explained_variance,
+    low_var_kl,
+    masked_mean,
+)
 from paw_lightning.metrics import TokenMean, episode_metrics, rollout_metrics
 from paw_lightning.models import TINY, load_model, trunk_and_head
-from paw_lightning.rollout.batch import SCORE, collate, unit_mask
+from paw_lightning.rollout.batch import SCORE, collate, prompt_end, unit_mask
 from paw_lightning.rollout.types import Rollout
 
 WORLD_MODELS = ("shared", "head")
@@ -56,8 +75,18 @@ class PaWModule(L.LightningModule):
         world_model: ``shared`` (the LM head predicts observations, as in the paper) or ``head`` (a
             separate output head, initialised from the LM head: WM gradients reach the trunk, not the
             policy head).
-        advantage: the advantage estimator (``grpo``).
+        advantage: the base RL algorithm's advantage: ``grpo``, ``gigpo``, ``rloo``, ``reinforce_pp``,
+            ``reinforce_pp_baseline`` (group mean subtracted first) or ``ppo`` (learned critic + GAE).
         grpo_normalize_std: divide GRPO advantages by the group std.
+        gamma: discount of step-level returns (GiGPO) and of GAE (PPO).
+        gigpo_omega: weight of GiGPO's step-level advantage.
+        gigpo_norm: ``mean_std_norm`` or ``mean_norm``, for both GiGPO levels.
+        gigpo_similarity: anchor states match when their observations' difflib ratio is at least this
+            (1.0 = identical text).
+        gae_lambda: GAE lambda (PPO).
+        value_coef: weight of the clipped value loss (PPO).
+        value_clip: clip range of the value update around the rollout's values (PPO; 0 = off).
+        value_lr: learning rate of the value head (PPO; default: ``lr``).
         head_chunk_size: hidden states sent through the output head at once.
         score_batch_size: transitions per forward in the no-grad scoring pass.
     """
@@ -82,6 +111,14 @@ class PaWModule(L.LightningModule):
         world_model: str = "shared",
         advantage: str = "grpo",
         grpo_normalize_std: bool = True,
+        gamma: float = 0.95,
+        gigpo_omega: float = 1.0,
+        gigpo_norm: str = "mean_std_norm",
+        gigpo_similarity: float = 1.0,
+        gae_lambda: float = 0.95,
+        value_coef: float = 0.5,
+        value_clip: float = 0.2,
+        value_lr: float | None = None,
         head_chunk_size: int = DEFAULT_CHUNK,
         score_batch_size: int = 32,
     ) -> None:
@@ -97,6 +134,11 @@ class PaWModule(L.LightningModule):
                 raise ValueError(f"{name} must be >= 0, got {value}")
         if not 0.0 < cmae_rho <= 1.0:
             raise ValueError(f"cmae_rho must be in (0, 1], got {cmae_rho}")
+        if gigpo_norm not in NORM_MODES:
+            raise ValueError(f"unknown gigpo_norm {gigpo_norm!r}; choose one of {NORM_MODES}")
+        for name, value in dict(gamma=gamma, gae_lambda=gae_lambda, gigpo_similarity=gigpo_similarity).items():
+            if not 0.0 <= value <= 1.0:
+                raise ValueError(f"{name} must be in [0, 1], got {value}")
         self.save_hyperparameters()
         self.model, self.tokenizer = load_model(
             model_name, dtype=dtype, lora_rank=lora_rank, lora_alpha=lora_alpha, lora_dropout=lora_dropout,
@@ -112,6 +154,12 @@ class PaWModule(L.LightningModule):
             _, lm_head = trunk_and_head(self.model)
             self.wm_head = nn.Linear(lm_head.in_features, lm_head.out_features, bias=False)
             self.wm_head.weight.data.copy_(lm_head.weight.data)
+        self.value_head = None
+        if advantage == "ppo":
+            _, lm_head = trunk_and_head(self.model)
+            self.value_head = nn.Linear(lm_head.in_features, 1)
+            nn.init.zeros_(self.value_head.weight)
+            nn.init.zeros_(self.value_head.bias)
         self.wm_token_acc = TokenMean()
         self.clipped_token_frac = TokenMean()
         self._rollout_metrics: dict[str, float] = {}
@@ -138,10 +186,12 @@ class PaWModule(L.LightningModule):
 
     @torch.no_grad()
     def prepare_rollout(self, rollout: Rollout) -> None:
-        """Score the rollout (old/ref log-probs, action entropy), compute advantages, set WM defaults.
+        """Score the rollout (old/ref log-probs, action entropy, critic values), compute advantages
+        and set the world-model defaults (every transition selected, weight ``wm_coef``).
 
         The score actor already computed the exact candidate log-prob and entropy with these weights
-        while sampling, so only the generate actor (and the reference policy) needs a forward pass here.
+        while sampling, so a forward pass here is needed only for the generate actor, the reference
+        policy (``kl_coef > 0``) and the critic (PPO).
         """
         n = len(rollout)
         reuse_actor = rollout.mode == SCORE
@@ -149,40 +199,83 @@ class PaWModule(L.LightningModule):
             rollout.old_logprobs = [torch.tensor([t.actor_logprob]) for t in rollout.transitions]
             rollout.action_entropy = torch.tensor([t.actor_entropy for t in rollout.transitions])
         need_ref = self.hparams.kl_coef > 0
-        if need_ref or not reuse_actor:
-            old, ref, entropy = self._score_pass(rollout, policy=not reuse_actor, reference=need_ref)
+        need_values = self.value_head is not None
+        rollout.ref_logprobs = None
+        if need_ref or need_values or not reuse_actor:
+            scored = self._score_pass(rollout, policy=not reuse_actor, reference=need_ref, values=need_values)
             if not reuse_actor:
-                rollout.old_logprobs, rollout.action_entropy = old, torch.stack(entropy) if entropy else torch.zeros(0)
-            rollout.ref_logprobs = ref if need_ref else None
-        returns, groups = rollout.episode_returns()
-        episode_adv = grpo_advantages(returns, groups, rollout.num_groups, self.hparams.grpo_normalize_std)
-        rollout.advantages = episode_adv[rollout.episode_ids] if n else torch.zeros(0)
+                rollout.old_logprobs = scored["old"]
+                rollout.action_entropy = torch.stack(scored["entropy"]) if n else torch.zeros(0)
+            if need_ref:
+                rollout.ref_logprobs = scored["ref"]
+            if need_values:
+                rollout.old_values = torch.cat(scored["values"]) if n else torch.zeros(0)
+        rollout.advantages = self._advantages(rollout) if n else torch.zeros(0)
         rollout.wm_selected = torch.ones(n, dtype=torch.bool)
         rollout.wm_weight = torch.full((n,), float(self.hparams.wm_coef))
 
-    def _score_pass(self, rollout: Rollout, policy: bool, reference: bool):
-        """No-grad unit log-probs (and entropies) of every transition under the policy and/or the reference."""
+    def _advantages(self, rollout: Rollout) -> Tensor:
+        """(N,) per-transition advantages of the configured estimator (see advantages.py)."""
+        hp = self.hparams
+        returns, groups = rollout.episode_returns()
+        episode = rollout.episode_ids
+        if hp.advantage == "grpo":
+            return grpo_advantages(returns, groups, rollout.num_groups, hp.grpo_normalize_std)[episode]
+        if hp.advantage == "rloo":
+            return rloo_advantages(returns, groups, rollout.num_groups)[episode]
+        if hp.advantage in ("reinforce_pp", "reinforce_pp_baseline"):
+            return reinforce_pp_advantages(returns, groups, rollout.num_groups, episode, hp.advantage == "reinforce_pp_baseline")
+        if hp.advantage == "gigpo":
+            anchors = anchor_groups([t.observation for t in rollout.transitions], rollout.group_ids, hp.gigpo_similarity)
+            advantages, _, step_part = gigpo_advantages(
+                returns, groups, rollout.num_groups, rollout.rewards, episode, rollout.steps, anchors,
+                hp.gamma, hp.gigpo_omega, hp.gigpo_norm,
+            )
+            sizes = torch.bincount(anchors)
+            rollout.metrics["gigpo/anchor_groups"] = float(len(sizes))
+            rollout.metrics["gigpo/anchor_group_size"] = sizes.float().mean().item()
+            rollout.metrics["gigpo/multi_step_groups"] = float((sizes > 1).sum())
+            rollout.metrics["gigpo/step_adv_abs"] = step_part.abs().mean().item()
+            return advantages
+        # ppo: GAE from the critic, whitened over the rollout
+        advantages, targets = gae_advantages(rollout.rewards, rollout.old_values, episode, rollout.steps, hp.gamma, hp.gae_lambda)
+        rollout.value_targets = targets
+        rollout.metrics["ppo/explained_variance"] = explained_variance(rollout.old_values, targets).item()
+        return whiten(advantages)
+
+    def _score_pass(self, rollout: Rollout, policy: bool, reference: bool, values: bool) -> dict[str, list[Tensor]]:
+        """No-grad unit log-probs and entropies (policy and/or reference) and critic values per transition."""
         was_training = self.model.training
         self.model.eval()
-        old, ref, entropy = [], [], []
+        out: dict[str, list[Tensor]] = {"old": [], "ref": [], "entropy": [], "values": []}
         size = self.hparams.score_batch_size
         for start in range(0, len(rollout), size):
             batch = self._to_device(collate(rollout.transitions[start : start + size], rollout.mode, self.tokenizer.pad_token_id))
             batch["temperature"] = rollout.temperature
             mask = unit_mask(batch)
-            if policy:
+            if policy or values:
                 trunk, _ = trunk_and_head(self.model)
-                logp, ent = self._policy_units(self.model, trunk_hidden(trunk, batch), batch)
-                old += [row[m].float().cpu() for row, m in zip(logp, mask)]
-                entropy += [row[m].float().mean().cpu() for row, m in zip(ent, mask)]
+                hidden = trunk_hidden(trunk, batch)
+                if policy:
+                    logp, ent = self._policy_units(self.model, hidden, batch)
+                    out["old"] += [row[m].float().cpu() for row, m in zip(logp, mask)]
+                    out["entropy"] += [row[m].float().mean().cpu() for row, m in zip(ent, mask)]
+                if values:
+                    out["values"].append(self._values(hidden, batch).float().cpu())
             if reference:
                 context, ref_model = self._reference()
                 with context:
                     ref_trunk, _ = trunk_and_head(ref_model)
                     ref_logp, _ = self._policy_units(ref_model, trunk_hidden(ref_trunk, batch), batch)
-                ref += [row[m].float().cpu() for row, m in zip(ref_logp, mask)]
+                out["ref"] += [row[m].float().cpu() for row, m in zip(ref_logp, mask)]
         self.model.train(was_training)
-        return old, ref, entropy
+        return out
+
+    def _values(self, hidden: Tensor, batch: dict) -> Tensor:
+        """(B,) critic values V(h_t), read at each row's last prompt token."""
+        rows = torch.arange(hidden.shape[0], device=hidden.device)
+        state = hidden[rows, prompt_end(batch)]
+        return self.value_head(state.to(self.value_head.weight.dtype)).squeeze(-1)
 
     def record_rollout(self, rollout: Rollout) -> None:
         """Keep the rollout's episode and PaW metrics; training_step logs them for this epoch."""
@@ -219,6 +312,12 @@ class PaWModule(L.LightningModule):
             kl = low_var_kl(logp, batch["ref_logprobs"], mask)
             loss = loss + hp.kl_coef * kl
             logs["loss/kl"] = kl
+        if self.value_head is not None:
+            values = self._values(hidden, batch).float()
+            value_loss = clipped_value_loss(values, batch["old_values"], batch["value_targets"], hp.value_clip)
+            loss = loss + hp.value_coef * value_loss
+            logs["loss/value"] = value_loss
+            logs["loss/explained_variance"] = explained_variance(values.detach(), batch["value_targets"]).nan_to_num(0.0)
         weight = batch["wm_weight"] * batch["wm_selected"].float()  # (B,)
         if weight.sum() > 0:
             wm_term, wm_logs = self._world_model_loss(hidden, lm_head, batch, weight)
@@ -258,8 +357,13 @@ class PaWModule(L.LightningModule):
         return wm_term, logs
 
     def configure_optimizers(self):
-        params = [p for p in self.parameters() if p.requires_grad]
-        return torch.optim.AdamW(params, lr=self.hparams.lr, weight_decay=self.hparams.weight_decay)
+        hp = self.hparams
+        value_params = list(self.value_head.parameters()) if self.value_head is not None else []
+        value_ids = {id(p) for p in value_params}
+        groups = [{"params": [p for p in self.parameters() if p.requires_grad and id(p) not in value_ids]}]
+        if value_params:
+            groups.append({"params": value_params, "lr": hp.value_lr if hp.value_lr is not None else hp.lr})
+        return torch.optim.AdamW(groups, lr=hp.lr, weight_decay=hp.weight_decay)
 
     # ----- checkpoints --------------------------------------------------------------------------
     def on_save_checkpoint(self, checkpoint: dict) -> None:

@@ -39,3 +39,10 @@ def test_callbacks_reject_bad_arguments_at_construction():
         ActionEntropySelection(ratio=0.0)
     with pytest.raises(ValueError, match="r_max"):
         RewardAdaptiveBalancing(r_max=-1.0)
+
+
+def test_reward_balancing_uses_the_whole_rollout_when_groups_hold_one_episode():
+    rollout = make_rollout([10.0, 0.0, 0.0, 0.0], [0, 1, 2, 3], steps_per_episode=1)  # group_size 1
+    RewardAdaptiveBalancing(r_max=10.0).on_rollout_end(None, None, rollout)
+    # one group of four with mean return 2.5 -> lambda 0.75 for everyone (x wm_coef 0.5)
+    assert rollout.wm_weight.tolist() == pytest.approx([0.375] * 4)

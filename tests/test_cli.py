@@ -10,7 +10,8 @@ import torch
 from paw_lightning.cli import cli_main as main
 
 ROOT = Path(__file__).resolve().parents[1]
-CONFIGS = sorted((ROOT / "configs").glob("*.yaml"))
+CONFIGS = sorted((ROOT / "configs").rglob("*.yaml"))
+ALGORITHMS = ["gigpo", "rloo", "reinforce_pp", "ppo"]
 SMALL = [
     "--trainer.max_epochs=2",
     "--trainer.enable_progress_bar=false",
@@ -31,10 +32,11 @@ def success_by_epoch(log_dir: Path) -> dict[int, float]:
     return {int(r["epoch"]): float(r["episode/success_rate"]) for r in rows if r.get("episode/success_rate")}
 
 
-@pytest.mark.parametrize("config", CONFIGS, ids=[c.name for c in CONFIGS])
+@pytest.mark.parametrize("config", CONFIGS, ids=[str(c.relative_to(ROOT / "configs")) for c in CONFIGS])
 def test_every_config_parses_through_the_cli(config, capsys):
+    base = [] if config.parent.name == "configs" else ["--config", str(ROOT / "configs/quickstart.yaml")]
     with pytest.raises(SystemExit) as exit_info:
-        main(["fit", "--config", str(config), "--print_config"])
+        main(["fit", *base, "--config", str(config), "--print_config"])
     assert exit_info.value.code in (0, None)
     printed = capsys.readouterr().out
     assert "model_name:" in printed and "env_id:" in printed
@@ -89,3 +91,22 @@ def test_bad_config_fails_before_any_compute(tmp_path, monkeypatch, override, me
     text = str(err.value) + capsys.readouterr().err
     assert message in text
     assert not (tmp_path / "runs").exists() or not any((tmp_path / "runs").rglob("*.ckpt"))
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("paw", [True, False], ids=["paw", "no_paw"])
+@pytest.mark.parametrize("algorithm", ALGORITHMS)
+def test_each_algorithm_runs_two_iterations(algorithm, paw, tmp_path, monkeypatch, coin_pool_kwargs):
+    monkeypatch.chdir(tmp_path)
+    overlays = ["--config", str(ROOT / f"configs/algorithms/{algorithm}.yaml")]
+    if not paw:
+        overlays += ["--config", str(ROOT / "configs/algorithms/no_paw.yaml")]
+    cli = main(["fit", "--config", str(ROOT / "configs/quickstart.yaml"), *overlays, *SMALL, small_env(coin_pool_kwargs)])
+    assert cli.model.hparams.advantage == algorithm.replace("reinforce_pp", "reinforce_pp_baseline")
+    assert sorted(success_by_epoch(tmp_path / "runs/csv/version_0")) == [0, 1]
+    header = open(tmp_path / "runs/csv/version_0/metrics.csv").readline().strip().split(",")
+    assert ("paw/wm_loss_step" in header) == paw
+    if algorithm == "ppo":
+        assert "loss/value_step" in header and "ppo/explained_variance" in header
+    if algorithm == "gigpo":
+        assert "gigpo/anchor_groups" in header and "gigpo/anchor_group_size" in header

@@ -45,9 +45,9 @@ def test_scoring_pass_reproduces_the_actor_log_probs():
     """The generate path recomputes old log-probs; for the score actor they come from sampling time."""
     module = PaWModule(lr=1e-3, kl_coef=0.0)
     rollout = rollout_for(module, ScoreActor())
-    old, _, entropy = module._score_pass(rollout, policy=True, reference=False)
-    assert torch.allclose(torch.cat(old), torch.tensor([t.actor_logprob for t in rollout.transitions]), atol=1e-5)
-    assert torch.allclose(torch.stack(entropy), rollout.action_entropy, atol=1e-5)
+    scored = module._score_pass(rollout, policy=True, reference=False, values=False)
+    assert torch.allclose(torch.cat(scored["old"]), torch.tensor([t.actor_logprob for t in rollout.transitions]), atol=1e-5)
+    assert torch.allclose(torch.stack(scored["entropy"]), rollout.action_entropy, atol=1e-5)
 
 
 @pytest.mark.parametrize("lora_rank", [0, 4])
@@ -112,3 +112,34 @@ def test_separate_world_model_head_keeps_wm_gradients_off_the_policy_path():
 def test_bad_module_config_fails_before_loading_anything(kwargs, message):
     with pytest.raises(ValueError, match=message):
         PaWModule(**kwargs)
+
+
+def test_accumulating_eight_micro_batches_of_one_equals_one_batch_of_eight():
+    """Gradient accumulation over 8 x 1 gives the update of 1 x 8 (score actor: one unit per transition)."""
+    torch.manual_seed(0)
+    module = quiet(PaWModule(lr=1e-3, kl_coef=0.01, entropy_coef=0.001))
+    rollout = rollout_for(module, ScoreActor(), num_groups=4, group_size=2, max_steps=2)
+    rollout.advantages = torch.randn(len(rollout))  # make every term of the loss matter
+    indices = list(range(8))
+    from paw_lightning.rollout.batch import training_batch
+
+    pad = module.tokenizer.pad_token_id
+    module.zero_grad()
+    module.training_step(training_batch(rollout, indices, pad), 0).backward()
+    full = [p.grad.clone() for p in module.model.parameters()]
+    module.zero_grad()
+    for i in indices:
+        (module.training_step(training_batch(rollout, [i], pad), 0) / len(indices)).backward()
+    for a, p in zip(full, module.model.parameters()):
+        assert torch.allclose(a, p.grad, atol=1e-6, rtol=1e-4)
+
+
+def test_ppo_value_head_learns_from_its_own_loss():
+    module = quiet(PaWModule(lr=1e-3, advantage="ppo", value_lr=1e-2, wm_coef=0.0))
+    rollout = rollout_for(module, ScoreActor())
+    assert rollout.old_values.shape == (len(rollout),) and torch.all(rollout.old_values == 0)  # zero-initialised head
+    assert rollout.value_targets is not None and "ppo/explained_variance" in rollout.metrics
+    optimizer = module.configure_optimizers()
+    assert [g["lr"] for g in optimizer.param_groups] == [1e-3, 1e-2]
+    module.training_step(one_batch(module, rollout), 0).backward()
+    assert module.value_head.weight.grad.abs().sum() > 0

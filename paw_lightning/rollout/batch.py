@@ -99,6 +99,11 @@ def collate(transitions: Sequence[Transition], mode: str, pad_id: int) -> dict:
     return batch
 
 
+def prompt_end(batch: dict) -> Tensor:
+    """(R,) position of each row's last prompt token: where the critic reads the state h_t."""
+    return (batch["branch"] == PROMPT_BRANCH).sum(dim=1) - 1
+
+
 def units_to_padded(values: Sequence[Tensor], batch: dict) -> Tensor:
     """Place per-transition unit values (1D each) into the (B, A) layout of ``batch``."""
     if batch["mode"] == SCORE:
@@ -127,6 +132,9 @@ def training_batch(rollout: Rollout, indices: Sequence[int], pad_id: int) -> dic
     batch["advantages"] = rollout.advantages[idx]
     batch["wm_selected"] = rollout.wm_selected[idx]
     batch["wm_weight"] = rollout.wm_weight[idx]
+    if rollout.old_values is not None:
+        batch["old_values"] = rollout.old_values[idx]
+        batch["value_targets"] = rollout.value_targets[idx]
     batch["temperature"] = rollout.temperature
     return batch
 

@@ -165,6 +165,7 @@ class Collector:
             actor_entropy=out.entropy,
             candidate_ids=out.candidate_ids,
             chosen=out.chosen,
+            observation=slot.observation,
         )
         slot.history.append((slot.observation, out.action_text))
         slot.observation, slot.info, slot.done = obs, info, done

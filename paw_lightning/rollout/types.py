@@ -33,6 +33,7 @@ class Transition:
     actor_entropy: float = float("nan")  # entropy of the candidate distribution at sampling time (score actor)
     candidate_ids: list[list[int]] | None = None  # score actor: every admissible command, tokenised
     chosen: int = -1  # score actor: index of the taken candidate
+    observation: str = ""  # o_t, the observation the action was taken in (GiGPO's anchor state)
 
 
 @dataclass
@@ -66,6 +67,8 @@ class Rollout:
     ref_logprobs: list[Tensor] | None = None
     action_entropy: Tensor | None = None  # (N,)
     advantages: Tensor | None = None  # (N,)
+    old_values: Tensor | None = None  # (N,) critic values at sampling time (PPO)
+    value_targets: Tensor | None = None  # (N,) GAE returns (PPO)
     # Per transition, written by the PaW callbacks (defaults: every transition, weight wm_coef):
     wm_selected: Tensor | None = None  # (N,) bool
     wm_weight: Tensor | None = None  # (N,)
@@ -81,6 +84,14 @@ class Rollout:
     @property
     def episode_ids(self) -> Tensor:
         return torch.tensor([t.episode_id for t in self.transitions], dtype=torch.long)
+
+    @property
+    def rewards(self) -> Tensor:
+        return torch.tensor([t.reward for t in self.transitions], dtype=torch.float32)
+
+    @property
+    def steps(self) -> Tensor:
+        return torch.tensor([t.step for t in self.transitions], dtype=torch.long)
 
     @property
     def env_steps(self) -> int:
