@@ -4,8 +4,9 @@
 RolloutDataModule calls their ``on_rollout_end(trainer, pl_module, rollout)`` once per rollout.
 """
 
+from paw_lightning.callbacks.adapter_export import AdapterExport
 from paw_lightning.callbacks.entropy_selection import ActionEntropySelection
 from paw_lightning.callbacks.reward_balancing import RewardAdaptiveBalancing
 from paw_lightning.callbacks.summary import RunSummary
 
-__all__ = ["ActionEntropySelection", "RewardAdaptiveBalancing", "RunSummary"]
+__all__ = ["ActionEntropySelection", "AdapterExport", "RewardAdaptiveBalancing", "RunSummary"]

@@ -30,6 +30,9 @@ class TokenStats:
 
 
 def _chunk_stats(head: nn.Module, hidden: Tensor, targets: Tensor, temperature: float) -> tuple[Tensor, Tensor, Tensor]:
+    weight = getattr(head, "weight", None)
+    if weight is not None and weight.dtype != hidden.dtype:
+        hidden = hidden.to(weight.dtype)
     logits = head(hidden).float() / temperature  # (n, V), only n rows of the whole batch
     logp_all = torch.log_softmax(logits, dim=-1)
     logp = logp_all.gather(-1, targets.unsqueeze(-1)).squeeze(-1)

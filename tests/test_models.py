@@ -48,3 +48,26 @@ def test_a_local_hugging_face_folder_loads_offline_with_lora(tmp_path):
     with torch.no_grad(), loaded.disable_adapter():
         assert torch.allclose(loaded(input_ids=ids).logits, model(input_ids=ids).logits, atol=1e-5)
     assert loaded_tokenizer("go east")["input_ids"] == tokenizer("go east")["input_ids"]
+
+
+def test_qlora_nf4_path_trains_on_cpu():
+    """bitsandbytes nf4 base weights + LoRA: load, forward, backward, one optimiser step."""
+    bnb = pytest.importorskip("bitsandbytes")
+    model, tokenizer = load_model("tiny", quantize="bnb.nf4", lora_rank=4, gradient_checkpointing=True)
+    assert isinstance(model.base_model.model.model.layers[0].mlp.down_proj.base_layer, bnb.nn.Linear4bit)
+    model.train()
+    ids = torch.tensor([tokenizer("go east then take the coin")["input_ids"]])
+    loss = model(input_ids=ids, labels=ids).loss
+    loss.backward()
+    trainable = [p for p in model.parameters() if p.requires_grad]
+    assert trainable and all("lora_" in n for n, p in model.named_parameters() if p.requires_grad)
+    before = [p.detach().clone() for p in trainable]
+    torch.optim.AdamW(trainable, lr=1e-2).step()
+    assert any(not torch.equal(a, p) for a, p in zip(before, trainable))
+
+
+def test_quantize_without_lora_is_rejected_before_loading():
+    with pytest.raises(ValueError, match="lora_rank"):
+        load_model("tiny", quantize="bnb.nf4")
+    with pytest.raises(ValueError, match="quantize"):
+        load_model("tiny", quantize="int3")

@@ -18,6 +18,7 @@ from paw_lightning.rollout.batch import build_rows
 from paw_lightning.rollout.prompts import is_admissible, parse_action
 
 ACTORS = ("score", "generate")
+ACTION_END = "</action>"
 
 
 @dataclass
@@ -127,6 +128,8 @@ class GenerateActor:
                 max_new_tokens=self.max_new_tokens,
                 pad_token_id=pad,
                 eos_token_id=tokenizer.eos_token_id,
+                stop_strings=[ACTION_END],  # nothing after the action is needed
+                tokenizer=tokenizer,
             )
         outputs = []
         for i, seq in enumerate(sequences[:, width:].tolist()):
@@ -140,10 +143,10 @@ class GenerateActor:
 
     @staticmethod
     def _until_eos(ids: list[int], eos: int | None, pad: int) -> list[int]:
-        """The response up to and including the first eos; trailing padding removed."""
+        """The response up to and including the first eos; the padding of rows that stopped early removed."""
         if eos is not None and eos in ids:
             return ids[: ids.index(eos) + 1]
-        while ids and ids[-1] == pad:
+        while len(ids) > 1 and ids[-1] == pad:
             ids = ids[:-1]
         return ids or [eos if eos is not None else pad]
 

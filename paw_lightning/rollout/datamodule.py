@@ -66,6 +66,8 @@ class RolloutDataModule(L.LightningDataModule):
         max_prompt_tokens: prompt budget; history is dropped first, then the prompt's head.
         max_obs_tokens: the world-model target keeps at most this many tokens of o_{t+1}.
         invalid_action_penalty: subtracted from the step reward of an invalid action (the paper: 0.1).
+        format_example: show a one-shot example exchange before each prompt (helps small instruct
+            models produce the ``<action>`` format; off in the paper's setting).
         ppo_epochs: passes over each rollout.
         mini_batch_size: transitions per optimisation step.
         seed: seeds the task draws of every rollout and the mini-batch shuffling.
@@ -86,6 +88,7 @@ class RolloutDataModule(L.LightningDataModule):
         max_prompt_tokens: int = 1024,
         max_obs_tokens: int = 256,
         invalid_action_penalty: float = 0.1,
+        format_example: bool = False,
         ppo_epochs: int = 1,
         mini_batch_size: int = 16,
         seed: int = 0,
@@ -118,7 +121,9 @@ class RolloutDataModule(L.LightningDataModule):
                 num_groups=hp.num_groups,
                 group_size=hp.group_size,
                 max_steps=hp.max_steps,
-                prompts=PromptBuilder(hp.history_length, hp.actor == "generate", hp.max_prompt_tokens),
+                prompts=PromptBuilder(
+                    hp.history_length, hp.actor == "generate", hp.max_prompt_tokens, format_example=hp.format_example
+                ),
                 actor=make_actor(hp.actor, hp.temperature, hp.max_new_tokens),
                 invalid_action_penalty=hp.invalid_action_penalty,
                 max_obs_tokens=hp.max_obs_tokens,

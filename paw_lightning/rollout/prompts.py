@@ -23,6 +23,11 @@ GENERATE_SUFFIX = (
     "action inside <action> </action>.\n"
 )
 SCORE_SUFFIX = "Your next action:"
+# A one-shot exchange shown before the prompt when format_example is on: small instruct models copy
+# the answer format from an earlier turn far more reliably than from an instruction alone.
+FORMAT_EXAMPLE = {"task": "open the door.", "observation": "You are in a hall. There is a closed door.",
+                  "actions": "open door, look, go west", "history": "", "step": 0}
+FORMAT_EXAMPLE_ANSWER = "<think>I should open the door.</think>\n<action>open door</action>"
 
 ACTION_PATTERN = re.compile(r"<action>\s*(.*?)\s*</action>", re.DOTALL | re.IGNORECASE)
 
@@ -52,12 +57,14 @@ class PromptBuilder:
         generate: add the think/action tag instruction (generate actor) instead of the score suffix.
         max_prompt_tokens: longer prompts drop history first, then keep their last tokens.
         template: a str.format template with task, history, step, observation and actions fields.
+        format_example: put a one-shot example exchange (``FORMAT_EXAMPLE_*``) before the prompt.
     """
 
     history_length: int = 2
     generate: bool = False
     max_prompt_tokens: int = 1024
     template: str = TEXTWORLD_TEMPLATE
+    format_example: bool = False
 
     def render(
         self, task: str, observation: str, admissible: list[str] | None, history: list[tuple[str, str]], keep: int
@@ -76,13 +83,24 @@ class PromptBuilder:
         )
         return text + (GENERATE_SUFFIX if self.generate else SCORE_SUFFIX)
 
+    def example_prompt(self) -> str:
+        """The one-shot example's prompt, in this builder's own template."""
+        return self.template.format(**FORMAT_EXAMPLE) + GENERATE_SUFFIX
+
     def encode(self, tokenizer, text: str) -> list[int]:
         """Token ids of the text, as a user turn of the chat template when the tokenizer has one."""
         if getattr(tokenizer, "chat_template", None):
-            encoded = tokenizer.apply_chat_template(
-                [{"role": "user", "content": text}], add_generation_prompt=True, tokenize=True
-            )
+            turns = [{"role": "user", "content": text}]
+            if self.format_example:
+                turns = [
+                    {"role": "user", "content": self.example_prompt()},
+                    {"role": "assistant", "content": FORMAT_EXAMPLE_ANSWER},
+                    *turns,
+                ]
+            encoded = tokenizer.apply_chat_template(turns, add_generation_prompt=True, tokenize=True)
             return list(encoded["input_ids"] if hasattr(encoded, "keys") else encoded)
+        if self.format_example:
+            text = f"{self.example_prompt()}\n{FORMAT_EXAMPLE_ANSWER}\n\n{text}"
         return tokenizer(text, add_special_tokens=False)["input_ids"]
 
     def build(
