@@ -103,9 +103,8 @@ def trunk_hidden(trunk: nn.Module, batch: dict) -> Tensor:
     """(R, T, H) last hidden states of a right-padded batch; packed rows get their 4D branch mask."""
     input_ids = batch["input_ids"]
     if "branch" in batch and bool((batch["branch"].amax(dim=1) > 0).any()):
-        dtype = next(trunk.parameters()).dtype
-        dtype = dtype if dtype.is_floating_point else torch.float32
-        mask = packed_attention_mask(batch["branch"], dtype)
+        # The embedding's dtype is the compute dtype (quantised layers store uint8 weights).
+        mask = packed_attention_mask(batch["branch"], trunk.get_input_embeddings().weight.dtype)
     else:
         mask = batch["attention_mask"].long()
     out = trunk(input_ids=input_ids, attention_mask=mask, position_ids=batch.get("position_ids"), use_cache=False)

@@ -152,6 +152,12 @@ def load_model(
         from peft import prepare_model_for_kbit_training
 
         model = prepare_model_for_kbit_training(model, use_gradient_checkpointing=gradient_checkpointing)
+        for module in model.modules():
+            # On a CPU, bitsandbytes repacks 4-bit weights for inference the first time a layer runs in
+            # eval mode, and that layout then breaks the backward pass; rollouts (eval) and updates
+            # (train) alternate here, so keep the one layout that serves both.
+            if hasattr(module, "support_avx512bf16_for_cpu"):
+                module.support_avx512bf16_for_cpu = False
     if lora_rank > 0:
         from peft import LoraConfig, get_peft_model
 

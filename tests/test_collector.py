@@ -94,3 +94,17 @@ def test_score_actor_samples_from_the_candidate_softmax(tiny):
     assert out.logprob <= 0 and 0 <= out.entropy <= torch.log(torch.tensor(3.0)).item() + 1e-6
     greedy = [ScoreActor(temperature=0).act(model, tokenizer, prompts, [["open door", "look", "go east"]], torch.Generator())[0].chosen for _ in range(2)]
     assert greedy[0] == greedy[1]
+
+
+def test_ranks_play_different_tasks_from_the_same_seed():
+    from types import SimpleNamespace
+
+    from paw_lightning.rollout.datamodule import RolloutDataModule
+
+    seeds = {}
+    for rank in (0, 1):
+        dm = RolloutDataModule(env_id="paw-test/Corridor-v0", num_groups=3, group_size=1, max_steps=1, progress=False)
+        dm.trainer = SimpleNamespace(global_rank=rank)
+        dm.collector = SimpleNamespace(collect=lambda model, tok, s, gen, it, prog, rank=rank: seeds.setdefault(rank, s) and SimpleNamespace(env_steps=0, episodes=[]))
+        dm.collect(torch.nn.Linear(1, 1), None)
+    assert len(seeds[0]) == len(seeds[1]) == 3 and seeds[0] != seeds[1]

@@ -143,3 +143,14 @@ def test_ppo_value_head_learns_from_its_own_loss():
     assert [g["lr"] for g in optimizer.param_groups] == [1e-3, 1e-2]
     module.training_step(one_batch(module, rollout), 0).backward()
     assert module.value_head.weight.grad.abs().sum() > 0
+
+
+def test_qlora_module_trains_with_the_packed_score_actor():
+    pytest.importorskip("bitsandbytes")
+    module = quiet(PaWModule(lr=1e-3, lora_rank=4, quantize="bnb.nf4", kl_coef=0.01))
+    rollout = rollout_for(module, ScoreActor(), num_groups=1, group_size=2, max_steps=2)
+    assert all(torch.equal(o, r) for o, r in zip(rollout.old_logprobs, rollout.ref_logprobs))
+    loss = module.training_step(one_batch(module, rollout), 0)
+    loss.backward()
+    assert torch.isfinite(loss)
+    assert any(p.grad is not None and p.grad.abs().sum() > 0 for n, p in module.model.named_parameters() if "lora_" in n)

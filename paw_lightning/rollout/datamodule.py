@@ -138,8 +138,14 @@ class RolloutDataModule(L.LightningDataModule):
         """One rollout with the given policy (no gradients, eval mode restored afterwards)."""
         if self.collector is None:
             self.setup("fit")
-        seeds = self.rng.integers(0, 2**31 - 1, size=self.hparams.num_groups).tolist()
-        generator = torch.Generator().manual_seed(int(self.rng.integers(0, 2**31 - 1)))
+        seeds = self.rng.integers(0, 2**31 - 1, size=self.hparams.num_groups)
+        sampling_seed = int(self.rng.integers(0, 2**31 - 1))
+        rank = self.trainer.global_rank if self.trainer is not None else 0
+        if rank:  # every rank draws the same numbers; fold the rank in so that ranks play different tasks
+            seeds = np.random.default_rng([int(s) for s in seeds] + [rank]).integers(0, 2**31 - 1, size=len(seeds))
+            sampling_seed = int(np.random.default_rng([sampling_seed, rank]).integers(0, 2**31 - 1))
+        seeds = [int(s) for s in seeds]
+        generator = torch.Generator().manual_seed(sampling_seed)
         was_training = model.training
         model.eval()
         try:
