@@ -343,6 +343,13 @@ class PaWModule(L.LightningModule):
             self.log("success", self._rollout_metrics["episode/success_rate"], prog_bar=True, logger=False, batch_size=size)
         return loss
 
+    def validation_step(self, rollout: Rollout, batch_idx: int) -> None:
+        """Log the held-out episodes' success (overall and per task type), return, length, validity."""
+        metrics = {k.replace("episode/", "val/", 1): v for k, v in episode_metrics(rollout).items()}
+        self.log_dict(metrics, batch_size=len(rollout.episodes))
+        if "val/success_rate" in metrics:
+            self.log("val_success", metrics["val/success_rate"], prog_bar=True, logger=False, batch_size=len(rollout.episodes))
+
     def _world_model_loss(self, hidden: Tensor, lm_head: nn.Module, batch: dict, weight: Tensor) -> tuple[Tensor, dict]:
         """Weighted mean of the per-transition WM loss over the selected transitions, and its metrics."""
         hp = self.hparams
@@ -354,10 +361,10 @@ class PaWModule(L.LightningModule):
         else:
             per_row = ce_loss(stats.logp, obs_mask)
             clipped = torch.zeros_like(obs_mask)
-        per_transition = per_row  # one row per transition
+        # one row per transition: per_row is the per-transition loss l_i
         selected = batch["wm_selected"].float()
-        wm_term = (weight * per_transition).sum() / selected.sum().clamp(min=1.0)
-        wm_loss = (selected * per_transition).sum() / selected.sum().clamp(min=1.0)
+        wm_term = (weight * per_row).sum() / selected.sum().clamp(min=1.0)
+        wm_loss = (selected * per_row).sum() / selected.sum().clamp(min=1.0)
         self.wm_token_acc.forward_tokens(stats.correct, obs_mask)
         self.clipped_token_frac.forward_tokens(clipped, obs_mask)
         logs = {

@@ -140,3 +140,25 @@ def test_adapter_export_without_lora_fails_before_training(tmp_path, monkeypatch
     with pytest.raises(ValueError, match="lora_rank"):
         main(["fit", "--config", str(ROOT / "configs/quickstart.yaml"), *SMALL, small_env(coin_pool_kwargs),
               "--trainer.callbacks+=paw_lightning.callbacks.AdapterExport"])
+
+
+@pytest.mark.slow
+def test_validation_on_held_out_games_during_fit_and_from_a_checkpoint(tmp_path, monkeypatch, coin_pool_kwargs):
+    monkeypatch.chdir(tmp_path)
+    val = ["--data.val_episodes=3", "--trainer.check_val_every_n_epoch=1", '--data.val_env_kwargs={"split": "eval"}']
+    main(["fit", "--config", str(ROOT / "configs/quickstart.yaml"), *SMALL, small_env(coin_pool_kwargs), "--trainer.max_epochs=1", *val])
+    rows = list(csv.DictReader(open(tmp_path / "runs/csv/version_0/metrics.csv")))
+    val_rows = [r for r in rows if r.get("val/success_rate")]
+    assert len(val_rows) == 1 and float(val_rows[0]["val/count"]) == 3.0
+    assert "val/success_rate/coin_collector" in val_rows[0]
+    ckpt = tmp_path / "runs/csv/version_0/checkpoints/last.ckpt"
+    cli = main(["validate", "--config", str(ROOT / "configs/quickstart.yaml"), *SMALL[1:], small_env(coin_pool_kwargs), *val,
+                f"--ckpt_path={ckpt}"])
+    assert cli.trainer.callback_metrics["val/count"].item() == 3.0
+    from paw_lightning.envs.textworld import TextWorldGamePool
+
+    kw = dict(coin_pool_kwargs)
+    pool = TextWorldGamePool(kw.pop("challenge"), kw.pop("settings"), **kw)
+    cli.datamodule.setup("validate")  # validate() tore its envs down; build them again to inspect
+    played = {env.unwrapped.games[i] for env in cli.datamodule.val_collector.envs for i in range(len(env.unwrapped.games))}
+    assert played == set(pool.files("eval", progress=False))  # held-out games only

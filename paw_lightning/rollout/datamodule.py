@@ -5,6 +5,10 @@ One Lightning epoch is one PaW iteration. When the trainer iterates the train da
 reference log-probs, action entropy, advantages), calls ``on_rollout_end(trainer, pl_module, rollout)``
 on every callback that defines it (the PaW callbacks), and then yields shuffled mini-batches for
 ``ppo_epochs`` passes. So ``trainer.max_epochs`` is the number of iterations.
+
+Validation (``val_episodes > 0``) plays the same held-out tasks every time (seeds ``val_seed + i``,
+one episode each, envs built with ``env_kwargs`` updated by ``val_env_kwargs``, e.g. the TextWorld
+eval split) at ``val_temperature``, and the module logs their success under ``val/``.
 """
 
 from __future__ import annotations
@@ -50,6 +54,17 @@ class RolloutStream(IterableDataset):
         yield from minibatches(rollout, dm.hparams.ppo_epochs, dm.hparams.mini_batch_size, module.tokenizer.pad_token_id, dm.rng)
 
 
+class ValidationStream(IterableDataset):
+    """Yields one rollout of the held-out validation tasks each time it is iterated."""
+
+    def __init__(self, datamodule: "RolloutDataModule") -> None:
+        self.datamodule = datamodule
+
+    def __iter__(self):
+        module = self.datamodule.trainer.lightning_module
+        yield self.datamodule.validate(module.model, module.tokenizer)
+
+
 class RolloutDataModule(L.LightningDataModule):
     """Gathers trajectories from Gymnasium text envs with the module's current policy.
 
@@ -72,6 +87,10 @@ class RolloutDataModule(L.LightningDataModule):
         mini_batch_size: transitions per optimisation step.
         seed: seeds the task draws of every rollout and the mini-batch shuffling.
         progress: show the rollout progress bar (episodes, env steps).
+        val_episodes: held-out episodes per validation (0 = no validation).
+        val_env_kwargs: updates ``env_kwargs`` for the validation envs (TextWorld: ``{split: eval}``).
+        val_temperature: sampling temperature of validation (the paper: 0.4; 0 = greedy).
+        val_seed: validation task i is reset with seed ``val_seed + i`` (the same tasks every time).
     """
 
     def __init__(
@@ -93,6 +112,10 @@ class RolloutDataModule(L.LightningDataModule):
         mini_batch_size: int = 16,
         seed: int = 0,
         progress: bool = True,
+        val_episodes: int = 0,
+        val_env_kwargs: dict[str, Any] | None = None,
+        val_temperature: float = 0.4,
+        val_seed: int = 1_000_000,
     ) -> None:
         super().__init__()
         if env_id not in gym.registry:
@@ -104,35 +127,44 @@ class RolloutDataModule(L.LightningDataModule):
                                 mini_batch_size=mini_batch_size, max_prompt_tokens=max_prompt_tokens).items():
             if value < 1:
                 raise ValueError(f"{name} must be >= 1, got {value}")
-        if temperature < 0:
-            raise ValueError(f"temperature must be >= 0, got {temperature}")
+        if temperature < 0 or val_temperature < 0:
+            raise ValueError(f"temperatures must be >= 0, got {temperature} and {val_temperature}")
+        if val_episodes < 0:
+            raise ValueError(f"val_episodes must be >= 0, got {val_episodes}")
         self.save_hyperparameters()
         self.rng = np.random.default_rng(seed)
         self.iteration = 0
         self.total_env_steps = 0
         self.total_episodes = 0
         self.collector: Collector | None = None
+        self.val_collector: Collector | None = None
+
+    def _collector(self, env_kwargs: dict, num_groups: int, group_size: int, temperature: float) -> Collector:
+        hp = self.hparams
+        return Collector(
+            make_env=functools.partial(make_text_env, hp.env_id, env_kwargs),
+            num_groups=num_groups,
+            group_size=group_size,
+            max_steps=hp.max_steps,
+            prompts=PromptBuilder(hp.history_length, hp.actor == "generate", hp.max_prompt_tokens, format_example=hp.format_example),
+            actor=make_actor(hp.actor, temperature, hp.max_new_tokens),
+            invalid_action_penalty=hp.invalid_action_penalty,
+            max_obs_tokens=hp.max_obs_tokens,
+        )
 
     def setup(self, stage: str) -> None:
-        if self.collector is None:
-            hp = self.hparams
-            self.collector = Collector(
-                make_env=functools.partial(make_text_env, hp.env_id, dict(hp.env_kwargs or {})),
-                num_groups=hp.num_groups,
-                group_size=hp.group_size,
-                max_steps=hp.max_steps,
-                prompts=PromptBuilder(
-                    hp.history_length, hp.actor == "generate", hp.max_prompt_tokens, format_example=hp.format_example
-                ),
-                actor=make_actor(hp.actor, hp.temperature, hp.max_new_tokens),
-                invalid_action_penalty=hp.invalid_action_penalty,
-                max_obs_tokens=hp.max_obs_tokens,
-            )
+        hp = self.hparams
+        if stage == "fit" and self.collector is None:
+            self.collector = self._collector(dict(hp.env_kwargs or {}), hp.num_groups, hp.group_size, hp.temperature)
+        if hp.val_episodes > 0 and stage in ("fit", "validate") and self.val_collector is None:
+            val_kwargs = dict(hp.env_kwargs or {}) | dict(hp.val_env_kwargs or {})
+            self.val_collector = self._collector(val_kwargs, hp.val_episodes, 1, hp.val_temperature)
 
     def teardown(self, stage: str) -> None:
-        if self.collector is not None:
-            self.collector.close()
-            self.collector = None
+        for collector in (self.collector, self.val_collector):
+            if collector is not None:
+                collector.close()
+        self.collector = self.val_collector = None
 
     def collect(self, model, tokenizer):
         """One rollout with the given policy (no gradients, eval mode restored afterwards)."""
@@ -157,8 +189,27 @@ class RolloutDataModule(L.LightningDataModule):
         self.total_episodes += len(rollout.episodes)
         return rollout
 
+    def validate(self, model, tokenizer):
+        """Play the held-out validation tasks once with the given policy (no gradients)."""
+        if self.val_collector is None:
+            self.setup("validate")
+        seeds = [self.hparams.val_seed + i for i in range(self.hparams.val_episodes)]
+        was_training = model.training
+        model.eval()
+        try:
+            return self.val_collector.collect(
+                model, tokenizer, seeds, torch.Generator().manual_seed(self.hparams.val_seed), progress=self.hparams.progress
+            )
+        finally:
+            model.train(was_training)
+
     def train_dataloader(self) -> DataLoader:
         return DataLoader(RolloutStream(self), batch_size=None, num_workers=0)
+
+    def val_dataloader(self):
+        if self.hparams.val_episodes == 0:
+            return []
+        return DataLoader(ValidationStream(self), batch_size=None, num_workers=0, collate_fn=lambda rollout: rollout)
 
     def state_dict(self) -> dict[str, Any]:
         return {
