@@ -13,6 +13,7 @@ instead of a cumulative score, the Gymnasium 5-tuple, and the info keys of the t
 from __future__ import annotations
 
 import hashlib
+from collections import OrderedDict
 import json
 import os
 import re
@@ -166,6 +167,8 @@ class TextWorldEnv(gym.Env):
             score increments).
         win_reward: reward of the winning step (the paper's ALFWorld/WebShop scale is 10).
         progress: show a progress bar while generating games.
+        max_engines: started game engines kept per env (least recently used ones are closed), so that
+            large pools do not keep one interpreter per game alive.
     """
 
     metadata = {"render_modes": []}
@@ -183,6 +186,7 @@ class TextWorldEnv(gym.Env):
         reward: str = "win",
         win_reward: float = 10.0,
         progress: bool = True,
+        max_engines: int = 8,
     ) -> None:
         if reward not in REWARD_MODES:
             raise ValueError(f"unknown reward mode {reward!r}; choose one of {REWARD_MODES}")
@@ -209,7 +213,8 @@ class TextWorldEnv(gym.Env):
         self.win_reward = float(win_reward)
         self.observation_space = text_space()
         self.action_space = text_space()
-        self._engines: dict[str, Any] = {}
+        self.max_engines = max(1, int(max_engines))
+        self._engines: OrderedDict[str, Any] = OrderedDict()
         self._engine = None
         self._score = 0
         self._task = ""
@@ -217,7 +222,12 @@ class TextWorldEnv(gym.Env):
     def _start(self, game_file: str):
         import textworld
 
-        if game_file not in self._engines:
+        if game_file in self._engines:
+            self._engines.move_to_end(game_file)
+        else:
+            while len(self._engines) >= self.max_engines:
+                _, oldest = self._engines.popitem(last=False)
+                oldest.close()
             infos = textworld.EnvInfos(
                 admissible_commands=True, won=True, lost=True, objective=True, score=True,
                 description=True, policy_commands=True,

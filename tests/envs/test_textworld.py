@@ -110,3 +110,13 @@ def test_every_challenge_generates_games_the_expert_wins(challenge, settings):
         won = info["won"]
     assert won and reward == 10.0 and terminated
     env.close()
+
+
+def test_engine_cache_is_bounded_and_replays_correctly(pool):
+    files = pool.files("train", progress=False)
+    env = TextWorldEnv(game_files=files, max_engines=1)
+    first = env.reset(seed=0)[0]
+    env.reset(seed=1)  # another game: the first engine is closed
+    assert len(env._engines) == 1
+    assert env.reset(seed=0)[0] == first  # and started again on demand
+    env.close()
