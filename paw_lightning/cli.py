@@ -32,7 +32,10 @@ class PaWCLI(LightningCLI):
 
     def add_arguments_to_parser(self, parser) -> None:
         parser.add_lightning_class_args(ModelCheckpoint, "checkpoint")
-        parser.set_defaults({"checkpoint.save_last": True, "checkpoint.every_n_epochs": 1})
+        # One iteration = one epoch: checkpoint at the end of every iteration, whether or not it validated.
+        parser.set_defaults(
+            {"checkpoint.save_last": True, "checkpoint.every_n_epochs": 1, "checkpoint.save_on_train_epoch_end": True}
+        )
 
 
 def cli_main(args=None) -> PaWCLI:
