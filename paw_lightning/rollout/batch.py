@@ -23,7 +23,7 @@ from torch import Tensor
 
 from paw_lightning.rollout.types import Rollout, Transition
 
-SCORE, GENERATE = "score", "generate"
+SCORE = "score"  # the score actor's mode; any other mode is one row per response
 PROMPT_BRANCH, PAD_BRANCH = -1, -2
 
 
