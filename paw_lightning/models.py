@@ -190,14 +190,13 @@ def _from_pretrained(name, dtype, quantize, attn_implementation, trust_remote_co
             bnb_4bit_compute_dtype=torch.bfloat16,
         )
         kwargs["dtype"] = torch.bfloat16
-    if name == TINY:  # tiny + nf4: save the seeded tiny model once, then load it like any folder
+    if name == TINY:  # tiny + nf4: save the seeded tiny model to a scratch folder and load it quantised
         import tempfile
 
         tokenizer = build_tiny_tokenizer(tokenizer_json=tokenizer_json)
-        folder = tempfile.mkdtemp(prefix="paw-tiny-")
-        build_tiny_model(tokenizer, seed=seed).save_pretrained(folder)
-        tokenizer.save_pretrained(folder)
-        name = folder
+        with tempfile.TemporaryDirectory(prefix="paw-tiny-") as folder:
+            build_tiny_model(tokenizer, seed=seed).save_pretrained(folder)
+            return AutoModelForCausalLM.from_pretrained(folder, **kwargs), tokenizer
     location, gguf = (smollm2_folder(), {"gguf_file": SMOLLM2_FILE}) if name == SMOLLM2 else (name, {})
     try:
         tokenizer = AutoTokenizer.from_pretrained(location, trust_remote_code=trust_remote_code, **gguf)

@@ -108,3 +108,18 @@ def test_ranks_play_different_tasks_from_the_same_seed():
         dm.collector = SimpleNamespace(collect=lambda model, tok, s, gen, it, prog, rank=rank: seeds.setdefault(rank, s) and SimpleNamespace(env_steps=0, episodes=[]))
         dm.collect(torch.nn.Linear(1, 1), None)
     assert len(seeds[0]) == len(seeds[1]) == 3 and seeds[0] != seeds[1]
+
+
+def test_collect_runs_the_policy_in_eval_mode_and_restores_the_mode(tiny):
+    model, tokenizer = tiny
+    seen = []
+
+    class ModeSpy(ScriptedActor):
+        def act(self, model, tokenizer, prompts, admissible, generator):
+            seen.append(model.training)
+            return super().act(model, tokenizer, prompts, admissible, generator)
+
+    model.train()
+    corridor_collector(ModeSpy("go"), max_steps=2).collect(model, tokenizer, [1, 2], torch.Generator(), progress=False)
+    assert seen and not any(seen) and model.training
+    model.eval()

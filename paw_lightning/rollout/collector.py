@@ -98,9 +98,18 @@ class Collector:
         return _Slot(self.envs[index], Episode(episode_id, group, seed, task_type), obs, info)
 
     def collect(self, model, tokenizer, seeds: list[int], generator: torch.Generator, iteration: int = 0, progress: bool = True) -> Rollout:
-        """Play one episode in every env; ``seeds`` has one seed per group."""
+        """Play one episode in every env; ``seeds`` has one seed per group. The model acts in eval mode
+        (its previous mode is restored afterwards)."""
         if len(seeds) != self.num_groups:
             raise ValueError(f"need {self.num_groups} seeds (one per group), got {len(seeds)}")
+        was_training = model.training
+        model.eval()
+        try:
+            return self._play(model, tokenizer, seeds, generator, iteration, progress)
+        finally:
+            model.train(was_training)
+
+    def _play(self, model, tokenizer, seeds, generator, iteration, progress) -> Rollout:
         start = time.perf_counter()
         slots = [
             self._reset(i, int(seeds[i // self.group_size]), i // self.group_size, i) for i in range(len(self.envs))

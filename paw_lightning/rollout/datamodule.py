@@ -167,7 +167,7 @@ class RolloutDataModule(L.LightningDataModule):
         self.collector = self.val_collector = None
 
     def collect(self, model, tokenizer):
-        """One rollout with the given policy (no gradients, eval mode restored afterwards)."""
+        """One rollout with the given policy (the collector runs it in eval mode, without gradients)."""
         if self.collector is None:
             self.setup("fit")
         seeds = self.rng.integers(0, 2**31 - 1, size=self.hparams.num_groups)
@@ -178,12 +178,7 @@ class RolloutDataModule(L.LightningDataModule):
             sampling_seed = int(np.random.default_rng([sampling_seed, rank]).integers(0, 2**31 - 1))
         seeds = [int(s) for s in seeds]
         generator = torch.Generator().manual_seed(sampling_seed)
-        was_training = model.training
-        model.eval()
-        try:
-            rollout = self.collector.collect(model, tokenizer, seeds, generator, self.iteration, self.hparams.progress)
-        finally:
-            model.train(was_training)
+        rollout = self.collector.collect(model, tokenizer, seeds, generator, self.iteration, self.hparams.progress)
         self.iteration += 1
         self.total_env_steps += rollout.env_steps
         self.total_episodes += len(rollout.episodes)
@@ -194,14 +189,8 @@ class RolloutDataModule(L.LightningDataModule):
         if self.val_collector is None:
             self.setup("validate")
         seeds = [self.hparams.val_seed + i for i in range(self.hparams.val_episodes)]
-        was_training = model.training
-        model.eval()
-        try:
-            return self.val_collector.collect(
-                model, tokenizer, seeds, torch.Generator().manual_seed(self.hparams.val_seed), progress=self.hparams.progress
-            )
-        finally:
-            model.train(was_training)
+        generator = torch.Generator().manual_seed(self.hparams.val_seed)
+        return self.val_collector.collect(model, tokenizer, seeds, generator, progress=self.hparams.progress)
 
     def train_dataloader(self) -> DataLoader:
         return DataLoader(RolloutStream(self), batch_size=None, num_workers=0)
