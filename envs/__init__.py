@@ -1,6 +1,6 @@
 """Text environments for paw-lightning (installed as ``paw_lightning.envs``).
 
-Importing this package registers the Gymnasium ids ``paw/TextWorld-v0``. Register your own env the same
+Importing this package registers the Gymnasium ids ``paw/TextWorld-v0`` and ``paw/ALFWorld-v0``. Register your own env the same
 way and name its id in a config's ``data.env_id``; no framework code changes.
 """
 
@@ -10,6 +10,7 @@ from paw_lightning.envs.base import check_text_env_step, text_space, tidy_text
 
 _REGISTRATIONS = {
     "paw/TextWorld-v0": "paw_lightning.envs.textworld:TextWorldEnv",
+    "paw/ALFWorld-v0": "paw_lightning.envs.alfworld:ALFWorldEnv",
 }
 
 for _env_id, _entry_point in _REGISTRATIONS.items():

@@ -5,7 +5,8 @@ A text env is a ``gymnasium.Env`` whose observations and actions are strings:
 - ``reset(seed=..., options=...) -> (obs, info)``; the same seed gives the same initial state.
 - ``step(action) -> (obs, reward, terminated, truncated, info)`` with a per-step (not cumulative) reward.
 - ``info`` holds ``task`` (goal text), ``admissible_commands`` (list of str, or None when only free
-  text works), ``won`` (bool) and optionally ``task_type`` (str, for per-type metrics).
+  text works), ``won`` (bool) and optionally ``task_type`` (str) and ``task_label`` (a short name; per-type
+  metrics use ``task_label`` when present, else ``task_type``).
 
 ``check_text_env_step`` validates one step's output, so a new environment can be tested against the
 contract in one line (see tests/envs/test_base.py).

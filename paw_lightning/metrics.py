@@ -11,7 +11,7 @@ from paw_lightning.rollout.types import Rollout
 
 
 def episode_metrics(rollout: Rollout) -> dict[str, float]:
-    """Success rate (overall and per task type), return, length and valid-action ratio of the episodes."""
+    """Success rate and episode count (overall and per task type), return, length and valid-action ratio."""
     episodes = rollout.episodes
     if not episodes:
         return {}
@@ -28,6 +28,7 @@ def episode_metrics(rollout: Rollout) -> dict[str, float]:
         by_type[e.task_type].append(e.won)
     for task_type, wins in sorted(by_type.items()):
         metrics[f"episode/success_rate/{task_type}"] = sum(wins) / len(wins)
+        metrics[f"episode/count/{task_type}"] = float(len(wins))
     return metrics
 
 
@@ -36,6 +37,7 @@ def rollout_metrics(rollout: Rollout) -> dict[str, float]:
     metrics = {
         "rollout/env_steps_per_s": rollout.env_steps / max(rollout.wall_s, 1e-9),
         "rollout/env_steps": float(rollout.env_steps),
+        "rollout/wall_s": float(rollout.wall_s),
         "rollout/env_restarts": float(sum(e.env_restarts for e in rollout.episodes)),
     }
     if rollout.wm_selected is not None and len(rollout):

@@ -9,6 +9,7 @@ observation tokens (CMAE by default, CE as the ablation), weighted per transitio
 from __future__ import annotations
 
 import copy
+import time
 from contextlib import nullcontext
 
 import lightning as L
@@ -175,6 +176,8 @@ class PaWModule(L.LightningModule):
         self.wm_token_acc = TokenMean()
         self.clipped_token_frac = TokenMean()
         self._rollout_metrics: dict[str, float] = {}
+        self.elapsed_s = 0.0  # wall time of the run so far, kept across resumes
+        self._clock_origin = time.perf_counter()
 
     # ----- the forward pieces -------------------------------------------------------------------
     def _policy_units(self, model: nn.Module, hidden: Tensor, batch: dict) -> tuple[Tensor, Tensor]:
@@ -384,12 +387,25 @@ class PaWModule(L.LightningModule):
             groups.append({"params": value_params, "lr": hp.value_lr if hp.value_lr is not None else hp.lr})
         return torch.optim.AdamW(groups, lr=hp.lr, weight_decay=hp.weight_decay)
 
+    def on_fit_start(self) -> None:
+        # a resumed run (on_load_checkpoint ran before this) continues its clock
+        self._clock_origin = time.perf_counter() - self.elapsed_s
+
+    def on_train_epoch_end(self) -> None:
+        """Log the iteration's wall time (rollout, update and any validation) and the run's total since
+        fit started (set-up and game generation included)."""
+        elapsed = time.perf_counter() - self._clock_origin
+        seconds, self.elapsed_s = elapsed - self.elapsed_s, elapsed
+        self.log_dict({"perf/iteration_s": seconds, "perf/elapsed_s": elapsed}, on_step=False, on_epoch=True)
+
     # ----- checkpoints --------------------------------------------------------------------------
     def on_save_checkpoint(self, checkpoint: dict) -> None:
+        checkpoint["paw_elapsed_s"] = self.elapsed_s
         if self.hparams.model_name == TINY:
             checkpoint["paw_tokenizer_json"] = self.tokenizer.backend_tokenizer.to_str()
 
     def on_load_checkpoint(self, checkpoint: dict) -> None:
+        self.elapsed_s = float(checkpoint.get("paw_elapsed_s", 0.0))
         saved = checkpoint.get("paw_tokenizer_json")
         if saved is not None and saved != self.tokenizer.backend_tokenizer.to_str():
             from paw_lightning.models import build_tiny_tokenizer

@@ -8,7 +8,8 @@ import tempfile
 os.environ["HF_HUB_OFFLINE"] = "1"
 os.environ["TRANSFORMERS_OFFLINE"] = "1"
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
-os.environ.setdefault("ALFWORLD_DATA", tempfile.mkdtemp(prefix="alfworld-data-"))
+# `import alfworld` creates $ALFWORLD_DATA; tests never touch a real ALFWorld folder.
+os.environ["ALFWORLD_DATA"] = os.path.join(tempfile.gettempdir(), "paw-test-alfworld-data")
 # One game cache for the whole session (games are generated once, then reused by every test).
 os.environ.setdefault("PAW_CACHE_DIR", os.path.join(tempfile.gettempdir(), "paw-test-cache"))
 
@@ -32,3 +33,14 @@ def tiny():
 @pytest.fixture(scope="session")
 def coin_pool_kwargs():
     return dict(COIN_POOL)
+
+
+@pytest.fixture(scope="session")
+def alfworld_data(tmp_path_factory):
+    """A folder of generated ALFWorld games: one per task type in each of train, valid_seen, valid_unseen."""
+    from paw_lightning.envs.alfworld_games import generate_games
+
+    folder = tmp_path_factory.mktemp("alfworld")
+    report = generate_games(folder, games_per_type=1, seed=0, eval_games_per_type=1, progress=False)
+    assert report.total() == 18, report.written
+    return folder

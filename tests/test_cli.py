@@ -162,3 +162,22 @@ def test_validation_on_held_out_games_during_fit_and_from_a_checkpoint(tmp_path,
     cli.datamodule.setup("validate")  # validate() tore its envs down; build them again to inspect
     played = {env.unwrapped.games[i] for env in cli.datamodule.val_collector.envs for i in range(len(env.unwrapped.games))}
     assert played == set(pool.files("eval", progress=False))  # held-out games only
+
+
+@pytest.mark.slow
+def test_short_paw_fit_on_generated_alfworld_games(tmp_path, monkeypatch, alfworld_data):
+    monkeypatch.chdir(tmp_path)
+    env = json.dumps({"split": "train", "data_dir": str(alfworld_data)})
+    val_env = json.dumps({"split": "eval_out_of_distribution"})
+    main(["fit", "--config", str(ROOT / "configs/alfworld_tiny.yaml"), *SMALL, "--trainer.check_val_every_n_epoch=2",
+          f"--data.env_kwargs={env}", f"--data.val_env_kwargs={val_env}", "--data.val_episodes=6"])
+    rows = list(csv.DictReader(open(tmp_path / "runs/csv/version_0/metrics.csv")))
+    header = set(rows[0])
+    labels = {"Pick", "Look", "Clean", "Heat", "Cool", "Pick2"}
+    assert {k.rsplit("/", 1)[1] for k in header if k.startswith("episode/success_rate/")} <= labels
+    assert any(k.startswith("episode/success_rate/") for k in header)
+    # validation plays the 6 held-out games, one per task type, and counts the episodes behind each figure
+    assert {f"val/success_rate/{label}" for label in labels} <= header
+    (val_row,) = [r for r in rows if r.get("val/count")]
+    assert float(val_row["val/count"]) == 6.0
+    assert all(float(val_row[f"val/count/{label}"]) == 1.0 for label in labels)

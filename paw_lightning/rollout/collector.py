@@ -94,7 +94,8 @@ class Collector:
                 if attempt == 1:
                     raise
                 self._restart(index, err)
-        task_type = info.get("task_type", "default")
+        # Per-type metrics use the env's short label when it gives one (ALFWorld: Pick, Look, ...).
+        task_type = info.get("task_label") or info.get("task_type", "default")
         return _Slot(self.envs[index], Episode(episode_id, group, seed, task_type), obs, info)
 
     def collect(self, model, tokenizer, seeds: list[int], generator: torch.Generator, iteration: int = 0, progress: bool = True) -> Rollout:

@@ -26,7 +26,7 @@ import paw_lightning.envs  # noqa: F401 - registers the paw/ env ids
 from paw_lightning.rollout.actors import ACTORS, make_actor
 from paw_lightning.rollout.batch import minibatches
 from paw_lightning.rollout.collector import Collector
-from paw_lightning.rollout.prompts import PromptBuilder
+from paw_lightning.rollout.prompts import PromptBuilder, resolve_template
 
 
 def make_text_env(env_id: str, env_kwargs: dict[str, Any]) -> gym.Env:
@@ -77,6 +77,8 @@ class RolloutDataModule(L.LightningDataModule):
         actor: ``score`` (rank admissible commands) or ``generate`` (free text with ``<action>`` tags).
         temperature: rollout sampling temperature (the paper: 1.0); the training log-probs use it too.
         max_new_tokens: response limit of the generate actor.
+        prompt_template: ``textworld`` (default), ``alfworld`` (the paper's ALFWorld layout) or your own
+            str.format template with the fields task, history, step, observation and actions.
         history_length: past (observation, action) pairs in the prompt (the paper: 2).
         max_prompt_tokens: prompt budget; history is dropped first, then the prompt's head.
         max_obs_tokens: the world-model target keeps at most this many tokens of o_{t+1}.
@@ -103,6 +105,7 @@ class RolloutDataModule(L.LightningDataModule):
         actor: str = "score",
         temperature: float = 1.0,
         max_new_tokens: int = 128,
+        prompt_template: str = "textworld",
         history_length: int = 2,
         max_prompt_tokens: int = 1024,
         max_obs_tokens: int = 256,
@@ -127,6 +130,7 @@ class RolloutDataModule(L.LightningDataModule):
                                 mini_batch_size=mini_batch_size, max_prompt_tokens=max_prompt_tokens).items():
             if value < 1:
                 raise ValueError(f"{name} must be >= 1, got {value}")
+        resolve_template(prompt_template)
         if temperature < 0 or val_temperature < 0:
             raise ValueError(f"temperatures must be >= 0, got {temperature} and {val_temperature}")
         if val_episodes < 0:
@@ -146,7 +150,8 @@ class RolloutDataModule(L.LightningDataModule):
             num_groups=num_groups,
             group_size=group_size,
             max_steps=hp.max_steps,
-            prompts=PromptBuilder(hp.history_length, hp.actor == "generate", hp.max_prompt_tokens, format_example=hp.format_example),
+            prompts=PromptBuilder(hp.history_length, hp.actor == "generate", hp.max_prompt_tokens,
+                                  resolve_template(hp.prompt_template), hp.format_example),
             actor=make_actor(hp.actor, temperature, hp.max_new_tokens),
             invalid_action_penalty=hp.invalid_action_penalty,
             max_obs_tokens=hp.max_obs_tokens,

@@ -16,6 +16,15 @@ TEXTWORLD_TEMPLATE = (
     "You have taken {step} step(s) so far. Current observation: {observation}\n"
     "Your admissible actions are: {actions}\n"
 )
+ALFWORLD_TEMPLATE = (
+    "You are an expert household agent in the ALFRED embodied environment.\n"
+    "Your task is to: {task}\n"
+    "You have taken {step} step(s) so far.\n"
+    "{history}"
+    "Current observation: {observation}\n"
+    "Your admissible actions are: [{actions}]\n"
+)
+TEMPLATES = {"textworld": TEXTWORLD_TEMPLATE, "alfworld": ALFWORLD_TEMPLATE}
 HISTORY_HEADER = "Your last {k} observations and actions:\n"
 HISTORY_ENTRY = "[Observation {i}: {observation}]\n[Action {i}: {action}]\n"
 GENERATE_SUFFIX = (
@@ -28,6 +37,20 @@ SCORE_SUFFIX = "Your next action:"
 FORMAT_EXAMPLE = {"task": "open the door.", "observation": "You are in a hall. There is a closed door.",
                   "actions": "open door, look, go west", "history": "", "step": 0}
 FORMAT_EXAMPLE_ANSWER = "<think>I should open the door.</think>\n<action>open door</action>"
+
+
+
+def resolve_template(template: str) -> str:
+    """A named template (``textworld``, ``alfworld``) or a str.format template with the fields task,
+    history, step, observation and actions; raises ValueError for anything else."""
+    if template in TEMPLATES:
+        return TEMPLATES[template]
+    fields = ("{task}", "{observation}", "{actions}")
+    if not all(f in template for f in fields):
+        raise ValueError(f"prompt_template must be one of {sorted(TEMPLATES)} or a format string with {fields} "
+                         f"(and optionally {{history}}, {{step}}); got {template[:80]!r}")
+    return template
+
 
 ACTION_PATTERN = re.compile(r"<action>\s*(.*?)\s*</action>", re.DOTALL | re.IGNORECASE)
 

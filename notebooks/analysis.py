@@ -1,0 +1,116 @@
+"""Reading the experiment CSV (``python -m paw_lightning.experiments``): learning curves and the final table.
+
+Used by ``notebooks/paw_vs_grpo.ipynb`` and by the test that runs that notebook. Standard library plus
+matplotlib; no pandas.
+"""
+
+from __future__ import annotations
+
+import csv
+import math
+import statistics
+from collections import defaultdict
+from pathlib import Path
+
+
+def load(path: str | Path) -> list[dict]:
+    """The CSV's rows with numbers parsed (empty cells become None)."""
+    rows = []
+    for raw in csv.DictReader(open(path)):
+        row = {}
+        for key, value in raw.items():
+            if key in ("arm", "config"):
+                row[key] = value
+            elif value in ("", None):
+                row[key] = None
+            else:
+                row[key] = float(value)
+        row["seed"], row["iteration"] = int(row["seed"]), int(row["iteration"])
+        rows.append(row)
+    return rows
+
+
+def arms_in_order(rows: list[dict]) -> list[str]:
+    return list(dict.fromkeys(r["arm"] for r in rows))
+
+
+def curve(rows: list[dict], arm: str, column: str) -> tuple[list[int], list[float], list[float], int]:
+    """(iterations, mean over seeds, std over seeds, number of seeds) of ``column`` for one arm, at the
+    iterations where every seed of the arm has a value."""
+    by_iteration: dict[int, dict[int, float]] = defaultdict(dict)
+    seeds = {r["seed"] for r in rows if r["arm"] == arm}
+    for r in rows:
+        if r["arm"] == arm and r.get(column) is not None:
+            by_iteration[r["iteration"]][r["seed"]] = r[column]
+    iterations = [i for i in sorted(by_iteration) if set(by_iteration[i]) == seeds]
+    means = [statistics.fmean(by_iteration[i].values()) for i in iterations]
+    stds = [statistics.pstdev(by_iteration[i].values()) if len(seeds) > 1 else 0.0 for i in iterations]
+    return iterations, means, stds, len(seeds)
+
+
+def per_seed_final(rows: list[dict], arm: str, column: str, last: int = 1) -> dict[int, float]:
+    """Per seed: the mean of ``column`` over that seed's last ``last`` logged values (no seed selection)."""
+    out = {}
+    for seed in sorted({r["seed"] for r in rows if r["arm"] == arm}):
+        values = [r[column] for r in sorted(rows, key=lambda r: r["iteration"])
+                  if r["arm"] == arm and r["seed"] == seed and r.get(column) is not None]
+        if values:
+            out[seed] = statistics.fmean(values[-last:])
+    return out
+
+
+def final_table(rows: list[dict], train_last: int = 5) -> list[dict]:
+    """One row per arm: final held-out success (last validation), training success (mean of the last
+    ``train_last`` iterations), total env steps and wall time; mean and std over seeds."""
+    table = []
+    for arm in arms_in_order(rows):
+        entry = {"arm": arm}
+        for name, column, last in (("eval_success", "eval_success", 1), ("train_success", "train_success", train_last),
+                                   ("wall_s", "wall_s", 1), ("env_steps", "env_steps", 1)):
+            values = list(per_seed_final(rows, arm, column, last).values())
+            entry[name] = statistics.fmean(values) if values else math.nan
+            entry[name + "_std"] = statistics.pstdev(values) if len(values) > 1 else 0.0
+            entry["seeds"] = len(values) if name == "eval_success" else entry.get("seeds", len(values))
+        entry["eval_per_seed"] = per_seed_final(rows, arm, "eval_success")
+        table.append(entry)
+    return table
+
+
+def markdown_table(table: list[dict]) -> str:
+    """The final table as Markdown (mean +- std over seeds)."""
+    lines = ["| arm | seeds | held-out success (last validation) | training success (last 5 iterations) | "
+             "per-seed held-out | wall time per run |", "|---|---|---|---|---|---|"]
+    for e in table:
+        per_seed = ", ".join(f"{v:.2f}" for v in e["eval_per_seed"].values())
+        lines.append(f"| {e['arm']} | {e['seeds']} | {e['eval_success']:.3f} +- {e['eval_success_std']:.3f} | "
+                     f"{e['train_success']:.3f} +- {e['train_success_std']:.3f} | {per_seed} | "
+                     f"{e['wall_s']:.0f} s |")
+    return "\n".join(lines)
+
+
+def plot_curves(rows: list[dict], column: str, path: str | Path | None = None, title: str | None = None):
+    """Mean +- std over seeds of ``column`` against iterations, one line per arm; saved when ``path``."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    figure, axis = plt.subplots(figsize=(6, 3.6), dpi=100)
+    for arm in arms_in_order(rows):
+        iterations, means, stds, seeds = curve(rows, arm, column)
+        if not iterations:
+            continue
+        axis.plot(iterations, means, marker="o" if len(iterations) < 10 else None, markersize=3,
+                  label=f"{arm} ({seeds} seeds)")
+        axis.fill_between(iterations, [m - s for m, s in zip(means, stds)], [m + s for m, s in zip(means, stds)],
+                          alpha=0.15)
+    axis.set_xlabel("iteration")
+    axis.set_ylabel(column.replace("_", " "))
+    axis.set_ylim(-0.02, 1.02)
+    axis.set_title(title or column.replace("_", " "))
+    axis.grid(alpha=0.3)
+    axis.legend(fontsize=7, loc="lower right")
+    figure.tight_layout()
+    if path is not None:
+        figure.savefig(path)
+    return figure

@@ -1,0 +1,175 @@
+"""Run a matrix of ``paw fit`` configs x seeds and gather one tidy CSV; a half-finished matrix resumes.
+
+A matrix is a YAML file::
+
+    base: configs/quickstart.yaml          # every arm starts from this config
+    seeds: [0, 1, 2]
+    runs_dir: runs/experiments/textworld   # one folder per (arm, seed)
+    output: notebooks/results.csv
+    args: ["--trainer.check_val_every_n_epoch=5"]   # optional, for every arm
+    arms:
+      grpo: ["--config", "configs/algorithms/no_paw.yaml"]
+      grpo_paw: []
+      paw_ce: ["--model.wm_loss=ce"]
+
+Each (arm, seed) runs ``paw fit --config base <args> <arm args>`` with ``seed_everything``,
+``model.model_seed`` and ``data.seed`` set to the seed, in its own folder. A finished run leaves a
+``done`` file and is skipped next time; an interrupted one resumes from its ``last.ckpt``. The CSV has one
+row per (arm, seed, iteration)::
+
+    python -m paw_lightning.experiments notebooks/textworld_matrix.yaml [--dry-run] [--only ARM ...]
+"""
+
+from __future__ import annotations
+
+import argparse
+import csv
+import os
+import subprocess
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+COLUMNS = (
+    "arm", "config", "seed", "iteration", "env_steps", "episodes", "wall_s", "train_success", "eval_success",
+    "eval_count", "train_return", "episode_length", "valid_action_ratio", "paw_lambda_mean", "paw_selected_frac",
+    "paw_wm_loss", "paw_clipped_token_frac", "wm_token_acc", "action_entropy", "policy_loss", "kl",
+)
+# CSV column -> the Lightning metric it is read from (the epoch-level value when there are both).
+METRIC_OF = {
+    "env_steps": "rollout/total_env_steps", "episodes": "rollout/total_episodes", "wall_s": "perf/elapsed_s",
+    "train_success": "episode/success_rate", "eval_success": "val/success_rate", "eval_count": "val/count",
+    "train_return": "episode/return", "episode_length": "episode/length",
+    "valid_action_ratio": "episode/valid_action_ratio", "paw_lambda_mean": "paw/lambda_mean",
+    "paw_selected_frac": "paw/selected_frac", "paw_wm_loss": "paw/wm_loss_epoch",
+    "paw_clipped_token_frac": "paw/clipped_token_frac_epoch", "wm_token_acc": "wm/token_acc_epoch",
+    "action_entropy": "paw/action_entropy", "policy_loss": "loss/policy_epoch", "kl": "loss/kl_epoch",
+}
+
+
+def load_matrix(path: str | Path) -> dict[str, Any]:
+    """Read and check a matrix file; relative paths are taken from the current folder."""
+    matrix = yaml.safe_load(Path(path).read_text())
+    missing = [k for k in ("base", "seeds", "arms", "runs_dir", "output") if k not in (matrix or {})]
+    if missing:
+        raise ValueError(f"{path}: a matrix needs {missing}")
+    if not Path(matrix["base"]).exists():
+        raise FileNotFoundError(f"{path}: base config {matrix['base']} not found")
+    for arm, args in matrix["arms"].items():
+        if not isinstance(args, list) or not all(isinstance(a, str) for a in args):
+            raise ValueError(f"{path}: arm {arm!r} must be a list of CLI arguments")
+    matrix.setdefault("args", [])
+    return matrix
+
+
+def absolute_configs(args: list[str]) -> list[str]:
+    """Config paths after ``--config`` made absolute, since every run works in its own folder."""
+    out = list(args)
+    for i, arg in enumerate(out[:-1]):
+        if arg == "--config":
+            out[i + 1] = str(Path(out[i + 1]).resolve())
+    return out
+
+
+def run_command(matrix: dict[str, Any], arm: str, seed: int, resume_from: Path | None) -> list[str]:
+    """The ``paw fit`` command line of one (arm, seed)."""
+    command = [sys.executable, "-m", "paw_lightning.cli", "fit", "--config", str(Path(matrix["base"]).resolve())]
+    command += absolute_configs(matrix["args"]) + absolute_configs(matrix["arms"][arm])
+    command += [f"--seed_everything={seed}", f"--model.model_seed={seed}", f"--data.seed={seed}",
+                "--trainer.enable_progress_bar=false", "--data.progress=false"]
+    if resume_from is not None:
+        command.append(f"--ckpt_path={resume_from}")
+    return command
+
+
+def run_folder(matrix: dict[str, Any], arm: str, seed: int) -> Path:
+    return Path(matrix["runs_dir"]) / arm / f"seed-{seed}"
+
+
+def read_run(folder: Path) -> list[dict[str, float]]:
+    """One merged dict of metrics per iteration, across every ``runs/csv/version_*`` of a run (a resumed
+    run writes a new version; the later one wins for an iteration both hold)."""
+    by_epoch: dict[int, dict[str, float]] = {}
+    versions = sorted((folder / "runs" / "csv").glob("version_*"), key=lambda p: int(p.name.split("_")[1]))
+    for version in versions:
+        metrics = version / "metrics.csv"
+        if not metrics.exists():
+            continue
+        for row in csv.DictReader(open(metrics)):
+            if not row.get("epoch"):
+                continue
+            merged = by_epoch.setdefault(int(row["epoch"]), {})
+            merged.update({k: float(v) for k, v in row.items() if v not in ("", None) and k not in ("epoch", "step")})
+    return [by_epoch[e] | {"iteration": float(e)} for e in sorted(by_epoch)]
+
+
+def tidy_rows(matrix: dict[str, Any], arm: str, seed: int) -> list[dict[str, Any]]:
+    """The CSV rows of one (arm, seed)."""
+    config = " ".join([matrix["base"], *matrix["args"], *matrix["arms"][arm]])
+    rows = []
+    for metrics in read_run(run_folder(matrix, arm, seed)):
+        row = {"arm": arm, "config": config, "seed": seed, "iteration": int(metrics["iteration"])}
+        row |= {column: metrics.get(name, "") for column, name in METRIC_OF.items()}
+        rows.append(row)
+    return rows
+
+
+def write_csv(path: str | Path, rows: list[dict[str, Any]]) -> None:
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with open(path, "w", newline="") as handle:
+        writer = csv.DictWriter(handle, fieldnames=COLUMNS)
+        writer.writeheader()
+        writer.writerows(rows)
+
+
+def run_matrix(matrix: dict[str, Any], only: list[str] | None = None, dry_run: bool = False) -> list[dict[str, Any]]:
+    """Run every unfinished (arm, seed), then write and return the tidy rows of the whole matrix."""
+    arms = [a for a in matrix["arms"] if not only or a in only]
+    unknown = set(only or []) - set(matrix["arms"])
+    if unknown:
+        raise ValueError(f"unknown arms {sorted(unknown)}; the matrix has {list(matrix['arms'])}")
+    jobs = [(arm, int(seed)) for seed in matrix["seeds"] for arm in arms]
+    for number, (arm, seed) in enumerate(jobs, 1):
+        folder = run_folder(matrix, arm, seed)
+        if (folder / "done").exists():
+            print(f"[{number}/{len(jobs)}] {arm} seed {seed}: done, skipped", flush=True)
+            continue
+        checkpoints = sorted(folder.glob("runs/csv/version_*/checkpoints/last.ckpt"), key=os.path.getmtime)
+        resume = checkpoints[-1].resolve() if checkpoints else None
+        command = run_command(matrix, arm, seed, resume)
+        print(f"[{number}/{len(jobs)}] {arm} seed {seed}: {'resuming' if resume else 'starting'}", flush=True)
+        if dry_run:
+            print("  " + " ".join(command))
+            continue
+        folder.mkdir(parents=True, exist_ok=True)
+        started = time.perf_counter()
+        with open(folder / "log.txt", "a") as log:
+            result = subprocess.run(command, cwd=folder, stdout=log, stderr=subprocess.STDOUT)
+        if result.returncode != 0:
+            raise RuntimeError(f"{arm} seed {seed} failed (exit {result.returncode}); see {folder / 'log.txt'}")
+        (folder / "done").write_text(f"{time.perf_counter() - started:.1f} s\n")
+        print(f"  finished in {time.perf_counter() - started:.0f} s", flush=True)
+    rows = [row for seed in matrix["seeds"] for arm in matrix["arms"] for row in tidy_rows(matrix, arm, int(seed))]
+    if not dry_run:
+        write_csv(matrix["output"], rows)
+    return rows
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m paw_lightning.experiments", description=__doc__.split("\n")[0])
+    parser.add_argument("matrix", help="the matrix YAML file")
+    parser.add_argument("--only", nargs="+", metavar="ARM", help="run only these arms (the CSV still has all)")
+    parser.add_argument("--dry-run", action="store_true", help="print the commands, run nothing")
+    args = parser.parse_args(argv)
+    rows = run_matrix(load_matrix(args.matrix), args.only, args.dry_run)
+    if not args.dry_run:
+        print(f"wrote {len(rows)} rows to {load_matrix(args.matrix)['output']}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

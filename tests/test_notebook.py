@@ -1,0 +1,48 @@
+"""The analysis notebook runs top to bottom on the committed results CSV, and its functions are right."""
+
+import json
+import math
+import shutil
+import sys
+from pathlib import Path
+
+import pytest
+
+NOTEBOOKS = Path(__file__).resolve().parents[1] / "notebooks"
+sys.path.insert(0, str(NOTEBOOKS))
+import analysis  # noqa: E402
+
+HEADER = "arm,config,seed,iteration,env_steps,wall_s,train_success,eval_success,eval_count\n"
+
+
+def test_curve_and_table_use_every_seed(tmp_path):
+    path = tmp_path / "r.csv"
+    path.write_text(HEADER + "".join([
+        "a,c,0,0,16,1,0.0,,\n", "a,c,0,1,32,2,0.5,0.25,8\n",
+        "a,c,1,0,16,1,0.5,,\n", "a,c,1,1,32,3,1.0,0.75,8\n",
+        "b,c,0,0,16,1,0.0,,\n", "b,c,0,1,32,2,0.0,0.0,8\n",
+    ]))
+    rows = analysis.load(path)
+    iterations, means, stds, seeds = analysis.curve(rows, "a", "train_success")
+    assert (iterations, means, stds, seeds) == ([0, 1], [0.25, 0.75], [0.25, 0.25], 2)
+    assert analysis.curve(rows, "a", "eval_success")[:2] == ([1], [0.5])
+    (a, b) = analysis.final_table(rows, train_last=2)
+    assert a["eval_success"] == 0.5 and a["eval_success_std"] == 0.25 and a["seeds"] == 2
+    assert math.isclose(a["train_success"], 0.5) and a["wall_s"] == 2.5
+    assert b["eval_success"] == 0.0 and b["seeds"] == 1
+    assert "| a | 2 | 0.500 +- 0.250 |" in analysis.markdown_table([a, b])
+
+
+def test_notebook_runs_top_to_bottom_on_the_committed_csv(tmp_path, monkeypatch):
+    if not (NOTEBOOKS / "results.csv").exists():
+        pytest.skip("no committed results.csv yet")
+    for name in ("results.csv", "analysis.py"):
+        shutil.copy(NOTEBOOKS / name, tmp_path / name)
+    monkeypatch.chdir(tmp_path)
+    notebook = json.loads((NOTEBOOKS / "paw_vs_grpo.ipynb").read_text())
+    namespace: dict = {}
+    for cell in notebook["cells"]:
+        if cell["cell_type"] == "code":
+            exec(compile("".join(cell["source"]), "notebook", "exec"), namespace)
+    assert (tmp_path / "figures/eval_success.png").stat().st_size > 1000
+    assert {e["arm"] for e in namespace["table"]} >= {"grpo", "grpo_paw"}
