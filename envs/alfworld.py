@@ -23,7 +23,7 @@ from typing import Any, Sequence
 import gymnasium as gym
 
 from paw_lightning.envs.alfworld_games import DATA_VERSION, TASK_TYPES, generate_games
-from paw_lightning.envs.base import text_space, tidy_text
+from paw_lightning.envs.base import game_index, text_space, tidy_text
 from paw_lightning.envs.textworld import default_cache_dir
 
 # Our split names (ALFWorld's) -> ALFRED's folder names.
@@ -183,12 +183,7 @@ class ALFWorldEnv(gym.Env):
 
     def reset(self, *, seed: int | None = None, options: dict[str, Any] | None = None):
         super().reset(seed=seed)
-        if options and "game_index" in options:
-            index = int(options["game_index"]) % len(self.games)
-        elif seed is not None:
-            index = seed % len(self.games)
-        else:
-            index = int(self.np_random.integers(len(self.games)))
+        index = game_index(self, len(self.games), seed, options)
         game_file, self._task_type = self.games[index]
         if self._engine is None:
             self._engine = self._make_engine()

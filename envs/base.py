@@ -38,6 +38,16 @@ def tidy_text(text: str) -> str:
     return text.strip()
 
 
+def game_index(env: gym.Env, count: int, seed: int | None, options: dict[str, Any] | None) -> int:
+    """Which of ``count`` games a reset plays: ``options["game_index"]``, else ``seed % count``, else a
+    draw from the env's RNG (call after ``gym.Env.reset`` has seeded it)."""
+    if options and "game_index" in options:
+        return int(options["game_index"]) % count
+    if seed is not None:
+        return seed % count
+    return int(env.np_random.integers(count))
+
+
 def check_info(info: dict[str, Any]) -> None:
     """Raise ValueError when ``info`` lacks a key of the text-env contract."""
     missing = [key for key in REQUIRED_INFO_KEYS if key not in info]

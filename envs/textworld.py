@@ -27,7 +27,7 @@ from typing import Any
 import gymnasium as gym
 from tqdm.auto import tqdm
 
-from paw_lightning.envs.base import text_space, tidy_text
+from paw_lightning.envs.base import game_index, text_space, tidy_text
 
 CHALLENGES = ("tw-simple", "tw-coin_collector", "tw-treasure_hunter", "tw-cooking", "custom")
 SPLITS = ("train", "eval")
@@ -250,12 +250,7 @@ class TextWorldEnv(gym.Env):
 
     def reset(self, *, seed: int | None = None, options: dict[str, Any] | None = None):
         super().reset(seed=seed)
-        if options and "game_index" in options:
-            index = int(options["game_index"]) % len(self.games)
-        elif seed is not None:
-            index = seed % len(self.games)
-        else:
-            index = int(self.np_random.integers(len(self.games)))
+        index = game_index(self, len(self.games), seed, options)
         self._game_file = self.games[index]
         self._engine = self._start(self._game_file)
         state = self._engine.reset()
