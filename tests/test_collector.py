@@ -123,3 +123,25 @@ def test_collect_runs_the_policy_in_eval_mode_and_restores_the_mode(tiny):
     corridor_collector(ModeSpy("go"), max_steps=2).collect(model, tokenizer, [1, 2], torch.Generator(), progress=False)
     assert seen and not any(seen) and model.training
     model.eval()
+
+
+def test_response_prefix_is_in_the_prompt_and_the_parse(tiny):
+    """With response_prefix "<action>", a response "go</action>" is the valid action "go"."""
+    model, tokenizer = tiny
+    builder = PromptBuilder(generate=True, response_prefix="<action>")
+    ids = builder.build(tokenizer, "reach the end", "You are at the start.", ["go", "wait"], [])
+    assert tokenizer.decode(ids).endswith("<action>")
+    answer = tokenizer("go</action>", add_special_tokens=False)["input_ids"]
+
+    class Echo(torch.nn.Module):  # generates a fixed answer after any prompt
+        def __init__(self):
+            super().__init__()
+            self.weight = torch.nn.Parameter(torch.zeros(1))
+
+        def generate(self, input_ids, **kwargs):
+            return torch.cat([input_ids, torch.tensor([answer] * len(input_ids))], dim=1)
+
+    outs = GenerateActor(max_new_tokens=8, response_prefix="<action>").act(Echo(), tokenizer, [ids], [["go", "wait"]], torch.Generator())
+    assert outs[0].valid and outs[0].action_text == "go" and outs[0].action_ids == answer
+    plain = GenerateActor(max_new_tokens=8).act(Echo(), tokenizer, [ids], [["go", "wait"]], torch.Generator())
+    assert not plain[0].valid  # without the prefix the same text has no opening tag

@@ -98,10 +98,13 @@ class GenerateActor:
     Args:
         temperature: sampling temperature (0 = greedy).
         max_new_tokens: response length limit (the paper: 512).
+        response_prefix: the text the prompt already ends with (``PromptBuilder.response_prefix``); the
+            action is parsed from prefix + response.
     """
 
     temperature: float = 1.0
     max_new_tokens: int = 128
+    response_prefix: str = ""
     mode: str = "generate"
 
     @torch.no_grad()
@@ -135,7 +138,7 @@ class GenerateActor:
         for i, seq in enumerate(sequences[:, width:].tolist()):
             response_ids = self._until_eos(seq, tokenizer.eos_token_id, pad)
             text = tokenizer.decode(response_ids, skip_special_tokens=True)
-            action = parse_action(text)
+            action = parse_action(self.response_prefix + text)
             valid = action is not None and is_admissible(action, admissible[i])
             sent = action if action is not None else " ".join(text.split())[:200]
             outputs.append(ActorOutput(action_text=sent, action_ids=response_ids, valid=valid))
@@ -151,10 +154,10 @@ class GenerateActor:
         return ids or [eos if eos is not None else pad]
 
 
-def make_actor(kind: str, temperature: float, max_new_tokens: int):
+def make_actor(kind: str, temperature: float, max_new_tokens: int, response_prefix: str = ""):
     """The actor named by ``kind`` (one of ``ACTORS``)."""
     if kind == "score":
         return ScoreActor(temperature=temperature)
     if kind == "generate":
-        return GenerateActor(temperature=temperature, max_new_tokens=max_new_tokens)
+        return GenerateActor(temperature=temperature, max_new_tokens=max_new_tokens, response_prefix=response_prefix)
     raise ValueError(f"unknown actor {kind!r}; choose one of {ACTORS}")

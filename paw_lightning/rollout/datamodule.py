@@ -85,6 +85,9 @@ class RolloutDataModule(L.LightningDataModule):
         invalid_action_penalty: subtracted from the step reward of an invalid action (the paper: 0.1).
         format_example: show a one-shot example exchange before each prompt (helps small instruct
             models produce the ``<action>`` format; off in the paper's setting).
+        response_prefix: text that starts the model's turn in generate mode, e.g. ``<action>`` (skips the
+            thinking; small models then close the tag far more often); the action is parsed from
+            prefix + response, and the prefix is part of the prompt, not of the trained action.
         ppo_epochs: passes over each rollout.
         mini_batch_size: transitions per optimisation step.
         seed: seeds the task draws of every rollout and the mini-batch shuffling.
@@ -111,6 +114,7 @@ class RolloutDataModule(L.LightningDataModule):
         max_obs_tokens: int = 256,
         invalid_action_penalty: float = 0.1,
         format_example: bool = False,
+        response_prefix: str = "",
         ppo_epochs: int = 1,
         mini_batch_size: int = 16,
         seed: int = 0,
@@ -151,8 +155,8 @@ class RolloutDataModule(L.LightningDataModule):
             group_size=group_size,
             max_steps=hp.max_steps,
             prompts=PromptBuilder(hp.history_length, hp.actor == "generate", hp.max_prompt_tokens,
-                                  resolve_template(hp.prompt_template), hp.format_example),
-            actor=make_actor(hp.actor, temperature, hp.max_new_tokens),
+                                  resolve_template(hp.prompt_template), hp.format_example, hp.response_prefix),
+            actor=make_actor(hp.actor, temperature, hp.max_new_tokens, hp.response_prefix),
             invalid_action_penalty=hp.invalid_action_penalty,
             max_obs_tokens=hp.max_obs_tokens,
         )

@@ -81,6 +81,8 @@ class PromptBuilder:
         max_prompt_tokens: longer prompts drop history first, then keep their last tokens.
         template: a str.format template with task, history, step, observation and actions fields.
         format_example: put a one-shot example exchange (``FORMAT_EXAMPLE_*``) before the prompt.
+        response_prefix: text that starts the model's turn (after the chat template's generation prompt),
+            e.g. ``<action>``; it belongs to the prompt, and the generate actor parses prefix + response.
     """
 
     history_length: int = 2
@@ -88,6 +90,7 @@ class PromptBuilder:
     max_prompt_tokens: int = 1024
     template: str = TEXTWORLD_TEMPLATE
     format_example: bool = False
+    response_prefix: str = ""
 
     def render(
         self, task: str, observation: str, admissible: list[str] | None, history: list[tuple[str, str]], keep: int
@@ -121,10 +124,15 @@ class PromptBuilder:
                     *turns,
                 ]
             encoded = tokenizer.apply_chat_template(turns, add_generation_prompt=True, tokenize=True)
-            return list(encoded["input_ids"] if hasattr(encoded, "keys") else encoded)
+            return list(encoded["input_ids"] if hasattr(encoded, "keys") else encoded) + self._prefix_ids(tokenizer)
         if self.format_example:
             text = f"{self.example_prompt()}\n{FORMAT_EXAMPLE_ANSWER}\n\n{text}"
-        return tokenizer(text, add_special_tokens=False)["input_ids"]
+        return tokenizer(text + self.response_prefix, add_special_tokens=False)["input_ids"]
+
+    def _prefix_ids(self, tokenizer) -> list[int]:
+        if not self.response_prefix:
+            return []
+        return tokenizer(self.response_prefix, add_special_tokens=False)["input_ids"]
 
     def build(
         self, tokenizer, task: str, observation: str, admissible: list[str] | None, history: list[tuple[str, str]]
