@@ -59,32 +59,34 @@ def per_seed_final(rows: list[dict], arm: str, column: str, last: int = 1) -> di
     return out
 
 
-def final_table(rows: list[dict], train_last: int = 5) -> list[dict]:
-    """One row per arm: final held-out success (last validation), training success (mean of the last
-    ``train_last`` iterations), total env steps and wall time; mean and std over seeds."""
+def final_table(rows: list[dict], eval_last: int = 3, train_last: int = 5) -> list[dict]:
+    """One row per arm, mean and std over seeds of: held-out success (per seed, the mean of its last
+    ``eval_last`` validations; fixed in advance, the same for every arm), held-out success at the last
+    validation alone, training success (mean of the last ``train_last`` iterations), wall time, env steps."""
     table = []
     for arm in arms_in_order(rows):
         entry = {"arm": arm}
-        for name, column, last in (("eval_success", "eval_success", 1), ("train_success", "train_success", train_last),
+        for name, column, last in (("eval_success", "eval_success", eval_last), ("eval_last", "eval_success", 1),
+                                   ("train_success", "train_success", train_last),
                                    ("wall_s", "wall_s", 1), ("env_steps", "env_steps", 1)):
             values = list(per_seed_final(rows, arm, column, last).values())
             entry[name] = statistics.fmean(values) if values else math.nan
             entry[name + "_std"] = statistics.pstdev(values) if len(values) > 1 else 0.0
             entry["seeds"] = len(values) if name == "eval_success" else entry.get("seeds", len(values))
-        entry["eval_per_seed"] = per_seed_final(rows, arm, "eval_success")
+        entry["eval_per_seed"] = per_seed_final(rows, arm, "eval_success", eval_last)
         table.append(entry)
     return table
 
 
 def markdown_table(table: list[dict]) -> str:
     """The final table as Markdown (mean +- std over seeds)."""
-    lines = ["| arm | seeds | held-out success (last validation) | training success (last 5 iterations) | "
-             "per-seed held-out | wall time per run |", "|---|---|---|---|---|---|"]
+    lines = ["| arm | seeds | held-out success (mean of last 3 validations) | per seed | held-out, last validation | "
+             "training success (last 5 iterations) | wall time per run |", "|---|---|---|---|---|---|---|"]
     for e in table:
-        per_seed = ", ".join(f"{v:.2f}" for v in e["eval_per_seed"].values())
-        lines.append(f"| {e['arm']} | {e['seeds']} | {e['eval_success']:.3f} +- {e['eval_success_std']:.3f} | "
-                     f"{e['train_success']:.3f} +- {e['train_success_std']:.3f} | {per_seed} | "
-                     f"{e['wall_s']:.0f} s |")
+        per_seed = ", ".join(f"{v:.3f}" for v in e["eval_per_seed"].values())
+        lines.append(f"| {e['arm']} | {e['seeds']} | {e['eval_success']:.3f} +- {e['eval_success_std']:.3f} | {per_seed} | "
+                     f"{e['eval_last']:.3f} +- {e['eval_last_std']:.3f} | "
+                     f"{e['train_success']:.3f} +- {e['train_success_std']:.3f} | {e['wall_s']:.0f} +- {e['wall_s_std']:.0f} s |")
     return "\n".join(lines)
 
 
@@ -96,14 +98,14 @@ def plot_curves(rows: list[dict], column: str, path: str | Path | None = None, t
     import matplotlib.pyplot as plt
 
     figure, axis = plt.subplots(figsize=(6, 3.6), dpi=100)
-    for arm in arms_in_order(rows):
+    for index, arm in enumerate(arms_in_order(rows)):  # an arm keeps its colour in every plot
         iterations, means, stds, seeds = curve(rows, arm, column)
         if not iterations:
             continue
         axis.plot(iterations, means, marker="o" if len(iterations) < 10 else None, markersize=3,
-                  label=f"{arm} ({seeds} seeds)")
+                  label=f"{arm} ({seeds} seeds)", color=f"C{index}")
         axis.fill_between(iterations, [m - s for m, s in zip(means, stds)], [m + s for m, s in zip(means, stds)],
-                          alpha=0.15)
+                          alpha=0.15, color=f"C{index}")
     axis.set_xlabel("iteration")
     axis.set_ylabel(column.replace("_", " "))
     axis.set_ylim(-0.02, 1.02)

@@ -26,11 +26,14 @@ def test_curve_and_table_use_every_seed(tmp_path):
     iterations, means, stds, seeds = analysis.curve(rows, "a", "train_success")
     assert (iterations, means, stds, seeds) == ([0, 1], [0.25, 0.75], [0.25, 0.25], 2)
     assert analysis.curve(rows, "a", "eval_success")[:2] == ([1], [0.5])
-    (a, b) = analysis.final_table(rows, train_last=2)
-    assert a["eval_success"] == 0.5 and a["eval_success_std"] == 0.25 and a["seeds"] == 2
+    (a, b) = analysis.final_table(rows, eval_last=3, train_last=2)
+    assert a["eval_success"] == 0.5 and a["eval_success_std"] == 0.25 and a["seeds"] == 2 and a["eval_last"] == 0.5
     assert math.isclose(a["train_success"], 0.5) and a["wall_s"] == 2.5
     assert b["eval_success"] == 0.0 and b["seeds"] == 1
-    assert "| a | 2 | 0.500 +- 0.250 |" in analysis.markdown_table([a, b])
+    assert "| a | 2 | 0.500 +- 0.250 | 0.250, 0.750 |" in analysis.markdown_table([a, b])
+    with_two_validations = analysis.load(path)
+    with_two_validations.append(dict(with_two_validations[1], iteration=2, eval_success=1.0))
+    assert analysis.per_seed_final(with_two_validations, "a", "eval_success", last=3) == {0: 0.625, 1: 0.75}
 
 
 def test_notebook_runs_top_to_bottom_on_the_committed_csv(tmp_path, monkeypatch):
