@@ -5,7 +5,7 @@ VENV ?= .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.paw-installed
 
-.PHONY: train train-grpo train-smollm2 train-alfworld experiments test install clean
+.PHONY: train train-grpo train-smollm2 train-alfworld experiments experiments-alfworld test install clean
 
 install: $(STAMP)
 
@@ -36,6 +36,9 @@ train-alfworld: $(STAMP)
 
 experiments: $(STAMP)
 	$(BIN)/python -m paw_lightning.experiments notebooks/textworld_matrix.yaml
+
+experiments-alfworld: $(STAMP)
+	$(BIN)/python -m paw_lightning.experiments notebooks/alfworld_matrix.yaml
 
 test: $(STAMP)
 	$(BIN)/python -m pytest -q

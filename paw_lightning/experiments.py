@@ -17,7 +17,7 @@ Each (arm, seed) runs ``paw fit --config base <args> <arm args>`` with ``seed_ev
 ``done`` file and is skipped next time; an interrupted one resumes from its ``last.ckpt``. The CSV has one
 row per (arm, seed, iteration)::
 
-    python -m paw_lightning.experiments notebooks/textworld_matrix.yaml [--dry-run] [--only ARM ...]
+    python -m paw_lightning.experiments notebooks/textworld_matrix.yaml [--dry-run] [--only ARM ...] [--collect]
 """
 
 from __future__ import annotations
@@ -126,13 +126,15 @@ def write_csv(path: str | Path, rows: list[dict[str, Any]]) -> None:
         writer.writerows(rows)
 
 
-def run_matrix(matrix: dict[str, Any], only: list[str] | None = None, dry_run: bool = False) -> list[dict[str, Any]]:
-    """Run every unfinished (arm, seed), then write and return the tidy rows of the whole matrix."""
+def run_matrix(matrix: dict[str, Any], only: list[str] | None = None, dry_run: bool = False,
+               collect_only: bool = False) -> list[dict[str, Any]]:
+    """Run every unfinished (arm, seed), then write and return the tidy rows of the whole matrix
+    (``collect_only``: run nothing, just gather what the run folders hold so far)."""
     arms = [a for a in matrix["arms"] if not only or a in only]
     unknown = set(only or []) - set(matrix["arms"])
     if unknown:
         raise ValueError(f"unknown arms {sorted(unknown)}; the matrix has {list(matrix['arms'])}")
-    jobs = [(arm, int(seed)) for seed in matrix["seeds"] for arm in arms]
+    jobs = [] if collect_only else [(arm, int(seed)) for seed in matrix["seeds"] for arm in arms]
     for number, (arm, seed) in enumerate(jobs, 1):
         folder = run_folder(matrix, arm, seed)
         if (folder / "done").exists():
@@ -164,8 +166,10 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("matrix", help="the matrix YAML file")
     parser.add_argument("--only", nargs="+", metavar="ARM", help="run only these arms (the CSV still has all)")
     parser.add_argument("--dry-run", action="store_true", help="print the commands, run nothing")
+    parser.add_argument("--collect", action="store_true",
+                        help="run nothing; write the CSV from what the run folders hold so far")
     args = parser.parse_args(argv)
-    rows = run_matrix(load_matrix(args.matrix), args.only, args.dry_run)
+    rows = run_matrix(load_matrix(args.matrix), args.only, args.dry_run, args.collect)
     if not args.dry_run:
         print(f"wrote {len(rows)} rows to {load_matrix(args.matrix)['output']}")
     return 0

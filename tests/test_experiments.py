@@ -73,3 +73,4 @@ def test_matrix_runs_writes_tidy_csv_and_resumes(tmp_path, monkeypatch):
     assert (tmp_path / "runs/grpo/seed-3/log.txt").read_text() == finished_log
     assert (tmp_path / "runs/grpo_paw/seed-3/runs/csv/version_1").exists()
     assert rows[2]["wall_s"] > rows[1]["wall_s"]  # elapsed time carries over the resume
+    assert run_matrix(spec, collect_only=True) == rows
