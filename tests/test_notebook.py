@@ -35,7 +35,7 @@ def test_curve_and_table_use_every_seed(tmp_path):
 
 
 def test_notebook_runs_top_to_bottom_on_the_committed_csv(tmp_path, monkeypatch):
-    for name in ("results.csv", "analysis.py"):
+    for name in ("results.csv", "results_alfworld.csv", "analysis.py"):
         shutil.copy(NOTEBOOKS / name, tmp_path / name)
     monkeypatch.chdir(tmp_path)
     notebook = json.loads((NOTEBOOKS / "paw_vs_grpo.ipynb").read_text())
@@ -45,3 +45,4 @@ def test_notebook_runs_top_to_bottom_on_the_committed_csv(tmp_path, monkeypatch)
             exec(compile("".join(cell["source"]), "notebook", "exec"), namespace)
     assert (tmp_path / "figures/eval_success.png").stat().st_size > 1000
     assert {e["arm"] for e in namespace["table"]} >= {"grpo", "grpo_paw"}
+    assert {e["arm"] for e in namespace["alf_table"]} == {"grpo", "grpo_paw"}
