@@ -14,6 +14,7 @@ follows the text-env contract (envs/base.py) and adds ``task_type`` (from traj_d
 
 from __future__ import annotations
 
+import functools
 import json
 import os
 import re
@@ -69,8 +70,8 @@ def find_games(split: str = "train", task_types: Sequence[str | int] | None = No
         game_path = traj_path.with_name("game.tw-pddl")
         if "movable" in str(traj_path.parent) or "Sliced" in str(traj_path.parent) or not game_path.exists():
             continue
-        task_type = json.loads(traj_path.read_text())["task_type"]
-        if task_type in wanted and json.loads(game_path.read_text()).get("solvable"):
+        task_type, solvable = _game_record(str(traj_path), game_path.stat().st_mtime_ns)
+        if task_type in wanted and solvable:
             games.append((str(game_path), task_type))
     if not games:
         raise FileNotFoundError(
@@ -100,6 +101,15 @@ def generated_data_dir(generate: dict[str, int], root: str | None = None) -> Pat
         generate_games(folder, count, seed, eval_count, room_size=room_size)
         marker.touch()
     return folder
+
+
+@functools.lru_cache(maxsize=None)
+def _game_record(traj_path: str, game_mtime_ns: int) -> tuple[str, bool]:
+    """(task type, solvable) of one game, read once per process: every env of a rollout lists the same
+    split, and official game files are large. A rewritten game file (new mtime) is read again."""
+    task_type = json.loads(Path(traj_path).read_text())["task_type"]
+    solvable = bool(json.loads(Path(traj_path).with_name("game.tw-pddl").read_text()).get("solvable"))
+    return task_type, solvable
 
 
 def split_feedback(text: str) -> tuple[str, str]:
