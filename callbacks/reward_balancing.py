@@ -13,10 +13,11 @@ from __future__ import annotations
 import lightning as L
 import torch
 
+from paw_lightning.callbacks.base import RolloutCallback
 from paw_lightning.selection import check_r_max, reward_adaptive_lambda
 
 
-class RewardAdaptiveBalancing(L.Callback):
+class RewardAdaptiveBalancing(RolloutCallback):
     """Multiply each transition's world-model weight by its group's lambda_g.
 
     Args:

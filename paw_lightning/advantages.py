@@ -14,12 +14,14 @@ in the episode); an episode's last transition ends it (truncation is treated as 
 from __future__ import annotations
 
 import difflib
+from typing import Literal, get_args
 
 import torch
 from torch import Tensor
 
-ADVANTAGES = ("grpo", "gigpo", "rloo", "reinforce_pp", "reinforce_pp_baseline", "ppo")
-NORM_MODES = ("mean_std_norm", "mean_norm")
+Advantage = Literal["grpo", "gigpo", "rloo", "reinforce_pp", "reinforce_pp_baseline", "ppo"]
+NormMode = Literal["mean_std_norm", "mean_norm"]
+NORM_MODES = get_args(NormMode)
 
 
 def group_mean_std(values: Tensor, group: Tensor, num_groups: int) -> tuple[Tensor, Tensor]:

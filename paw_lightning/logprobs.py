@@ -111,19 +111,16 @@ def trunk_hidden(trunk: nn.Module, batch: dict) -> Tensor:
     return out.last_hidden_state
 
 
-def candidate_log_softmax(
-    token_logp: Tensor, action_candidate: Tensor, num_candidates: Tensor, temperature: float
-) -> Tensor:
-    """The score actor's policy: log-softmax over each row's candidates of mean token log-prob / T.
+def candidate_scores(token_logp: Tensor, action_candidate: Tensor, num_candidates: Tensor) -> Tensor:
+    """Each candidate's length-normalised log-likelihood: the mean log-prob of its tokens.
 
     Args:
         token_logp: (R, T) log-prob of each token (only action tokens are read).
         action_candidate: (R, T) the candidate of each action token, -1 elsewhere.
         num_candidates: (R,) how many candidates each row has.
-        temperature: divides the candidates' length-normalised log-likelihoods.
 
     Returns:
-        (R, C) log-probs; -inf beyond a row's own candidates.
+        (R, C) scores; -inf beyond a row's own candidates.
     """
     rows = token_logp.shape[0]
     width = max(int(num_candidates.max().item()) if rows else 1, 1)
@@ -133,8 +130,23 @@ def candidate_log_softmax(
     totals = token_logp.new_zeros(rows, width).index_put((r, cand), token_logp[r, c], accumulate=True)
     counts = token_logp.new_zeros(rows, width).index_put((r, cand), torch.ones_like(token_logp[r, c]), accumulate=True)
     present = torch.arange(width, device=token_logp.device).unsqueeze(0) < num_candidates.unsqueeze(1)
-    scores = torch.where(present, totals / counts.clamp(min=1.0) / temperature, torch.full_like(totals, float("-inf")))
-    return torch.log_softmax(scores, dim=-1)
+    return torch.where(present, totals / counts.clamp(min=1.0), torch.full_like(totals, float("-inf")))
+
+
+def candidate_policy(scores: Tensor, temperature: float) -> Tensor:
+    """The score actor's policy over candidates: log-softmax of scores / T, (R, C) -> (R, C).
+
+    The one definition of that policy: the actor samples from it (with the engine's scores) and the
+    training step differentiates it (with the trainer's scores).
+    """
+    return torch.log_softmax(scores / max(temperature, 1e-6), dim=-1)
+
+
+def candidate_log_softmax(
+    token_logp: Tensor, action_candidate: Tensor, num_candidates: Tensor, temperature: float
+) -> Tensor:
+    """(R, C) candidate log-probs straight from token log-probs: ``candidate_policy(candidate_scores(...))``."""
+    return candidate_policy(candidate_scores(token_logp, action_candidate, num_candidates), temperature)
 
 
 def categorical_entropy(log_probs: Tensor) -> Tensor:

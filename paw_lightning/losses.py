@@ -7,6 +7,8 @@ sequences; masks select the positions that count. Every loss here is a token-mea
 
 from __future__ import annotations
 
+from typing import Literal, get_args
+
 import torch
 from torch import Tensor
 
@@ -103,4 +105,4 @@ def explained_variance(predicted: Tensor, targets: Tensor) -> Tensor:
     return 1.0 - (targets - predicted).var(unbiased=False) / var
 
 
-WM_LOSSES = ("cmae", "ce")
+WMLoss = Literal["cmae", "ce"]

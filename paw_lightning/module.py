@@ -11,14 +11,15 @@ from __future__ import annotations
 import copy
 import time
 from contextlib import nullcontext
+from typing import Literal
 
 import lightning as L
 import torch
 from torch import Tensor, nn
 
 from paw_lightning.advantages import (
-    ADVANTAGES,
-    NORM_MODES,
+    Advantage,
+    NormMode,
     anchor_groups,
     gae_advantages,
     gigpo_advantages,
@@ -27,15 +28,18 @@ from paw_lightning.advantages import (
     rloo_advantages,
     whiten,
 )
+from paw_lightning.callbacks.base import RolloutCallback
+from paw_lightning.choices import check_choices
 from paw_lightning.logprobs import (
     DEFAULT_CHUNK,
+    candidate_policy,
+    candidate_scores,
     categorical_entropy,
-    candidate_log_softmax,
     head_stats,
     trunk_hidden,
 )
 from paw_lightning.losses import (
-    WM_LOSSES,
+    WMLoss,
     ce_loss,
     clipped_policy_loss,
     clipped_value_loss,
@@ -45,11 +49,25 @@ from paw_lightning.losses import (
     masked_mean,
 )
 from paw_lightning.metrics import TokenMean, episode_metrics, rollout_metrics
-from paw_lightning.models import TINY, check_model_options, load_model, trunk_and_head
+from paw_lightning.models import TINY, DType, Quantize, check_model_options, load_model, trunk_and_head
 from paw_lightning.rollout.batch import SCORE, collate, prompt_end, unit_mask
 from paw_lightning.rollout.types import Rollout
 
-WORLD_MODELS = ("shared", "head")
+WorldModel = Literal["shared", "head"]
+
+
+def engine_logprob_gap(rollout: Rollout) -> float | None:
+    """Mean |engine - trainer| log-prob of the sampled units (generate: response tokens; score: the
+    chosen candidate), over the units the engine reported; None when it reported none (HF generate).
+    Shows the mismatch that dtype or quantisation puts between the rollout engine and the trainer."""
+    diffs = []
+    for t, old in zip(rollout.transitions, rollout.old_logprobs):
+        engine = [t.actor_logprob] if rollout.mode == SCORE else (t.actor_token_logprobs or [])
+        if len(engine) == len(old):
+            diffs.append((torch.tensor(engine, dtype=torch.float32) - old.float()).abs())
+    values = torch.cat(diffs) if diffs else torch.zeros(0)
+    values = values[values.isfinite()]
+    return values.mean().item() if len(values) else None
 
 
 class PaWModule(L.LightningModule):
@@ -101,12 +119,12 @@ class PaWModule(L.LightningModule):
     def __init__(
         self,
         model_name: str = TINY,
-        dtype: str = "float32",
+        dtype: DType = "float32",
         lora_rank: int = 0,
         lora_alpha: int = 16,
         lora_dropout: float = 0.0,
         lora_target_modules: str | list[str] = "all-linear",
-        quantize: str | None = None,
+        quantize: Quantize | None = None,
         gradient_checkpointing: bool = False,
         attn_implementation: str | None = None,
         trust_remote_code: bool = False,
@@ -117,14 +135,14 @@ class PaWModule(L.LightningModule):
         kl_coef: float = 0.01,
         entropy_coef: float = 0.001,
         wm_coef: float = 1.0,
-        wm_loss: str = "cmae",
+        wm_loss: WMLoss = "cmae",
         cmae_rho: float = 0.2,
-        world_model: str = "shared",
-        advantage: str = "grpo",
+        world_model: WorldModel = "shared",
+        advantage: Advantage = "grpo",
         grpo_normalize_std: bool = True,
         gamma: float = 0.95,
         gigpo_omega: float = 1.0,
-        gigpo_norm: str = "mean_std_norm",
+        gigpo_norm: NormMode = "mean_std_norm",
         gigpo_similarity: float = 1.0,
         gae_lambda: float = 0.95,
         value_coef: float = 0.5,
@@ -134,19 +152,12 @@ class PaWModule(L.LightningModule):
         score_batch_size: int = 32,
     ) -> None:
         super().__init__()
-        if wm_loss not in WM_LOSSES:
-            raise ValueError(f"unknown wm_loss {wm_loss!r}; choose one of {WM_LOSSES}")
-        if world_model not in WORLD_MODELS:
-            raise ValueError(f"unknown world_model {world_model!r}; choose one of {WORLD_MODELS}")
-        if advantage not in ADVANTAGES:
-            raise ValueError(f"unknown advantage {advantage!r}; choose one of {ADVANTAGES}")
+        check_choices(PaWModule.__init__, locals())
         for name, value in dict(kl_coef=kl_coef, entropy_coef=entropy_coef, wm_coef=wm_coef, lr=lr).items():
             if value < 0:
                 raise ValueError(f"{name} must be >= 0, got {value}")
         if not 0.0 < cmae_rho <= 1.0:
             raise ValueError(f"cmae_rho must be in (0, 1], got {cmae_rho}")
-        if gigpo_norm not in NORM_MODES:
-            raise ValueError(f"unknown gigpo_norm {gigpo_norm!r}; choose one of {NORM_MODES}")
         for name, value in dict(gamma=gamma, gae_lambda=gae_lambda, gigpo_similarity=gigpo_similarity).items():
             if not 0.0 <= value <= 1.0:
                 raise ValueError(f"{name} must be in [0, 1], got {value}")
@@ -187,7 +198,8 @@ class PaWModule(L.LightningModule):
         chunk = self.hparams.head_chunk_size
         if batch["mode"] == SCORE:
             stats = head_stats(head, hidden, batch["input_ids"], batch["action_mask"], 1.0, chunk, batch["source"])
-            log_probs = candidate_log_softmax(stats.logp, batch["action_candidate"], batch["num_candidates"], temperature)
+            scores = candidate_scores(stats.logp, batch["action_candidate"], batch["num_candidates"])
+            log_probs = candidate_policy(scores, temperature)
             chosen = log_probs.gather(1, batch["chosen"].unsqueeze(1))
             return chosen, categorical_entropy(log_probs).unsqueeze(1)
         stats = head_stats(head, hidden, batch["input_ids"], batch["action_mask"], temperature, chunk, batch["source"])
@@ -199,17 +211,29 @@ class PaWModule(L.LightningModule):
             return self.model.disable_adapter(), self.model
         return nullcontext(), self.ref_model
 
+    def on_rollout(self, rollout: Rollout) -> None:
+        """Own one fresh rollout before training on it: score it, run every ``RolloutCallback`` (PaW's
+        selection and weighting), and keep its metrics for this iteration's logs. The DataModule's
+        stream calls this once per rollout."""
+        self.prepare_rollout(rollout)
+        if self._trainer is not None:
+            for callback in self.trainer.callbacks:
+                if isinstance(callback, RolloutCallback):
+                    callback.on_rollout_end(self.trainer, self, rollout)
+        self.record_rollout(rollout)
+
     @torch.no_grad()
     def prepare_rollout(self, rollout: Rollout) -> None:
         """Score the rollout (old/ref log-probs, action entropy, critic values), compute advantages
         and set the world-model defaults (every transition selected, weight ``wm_coef``).
 
-        The score actor already computed the exact candidate log-prob and entropy with these weights
-        while sampling, so a forward pass here is needed only for the generate actor, the reference
-        policy (``kl_coef > 0``) and the critic (PPO).
+        The HF engine's score actor already computed the exact candidate log-prob and entropy with
+        these weights while sampling, so a forward pass here is needed only for the generate actor,
+        another engine (vLLM: its log-probs are compared with the trainer's, never trained on), the
+        reference policy (``kl_coef > 0``) and the critic (PPO).
         """
         n = len(rollout)
-        reuse_actor = rollout.mode == SCORE
+        reuse_actor = rollout.mode == SCORE and rollout.exact_actor_logprobs
         if reuse_actor:
             rollout.old_logprobs = [torch.tensor([t.actor_logprob]) for t in rollout.transitions]
             rollout.action_entropy = torch.tensor([t.actor_entropy for t in rollout.transitions])
@@ -221,6 +245,9 @@ class PaWModule(L.LightningModule):
             if not reuse_actor:
                 rollout.old_logprobs = scored["old"]
                 rollout.action_entropy = torch.stack(scored["entropy"]) if n else torch.zeros(0)
+                gap = engine_logprob_gap(rollout)
+                if gap is not None:
+                    rollout.metrics["rollout/engine_logprob_gap"] = gap
             if need_ref:
                 rollout.ref_logprobs = scored["ref"]
             if need_values:

@@ -80,7 +80,7 @@ def test_grpo_baseline_runs_without_world_model_metrics(tmp_path, monkeypatch, c
     "override, message",
     [
         ("--data.env_id=paw/Nope-v0", "unknown env id"),
-        ("--data.actor=telepathy", "unknown actor"),
+        ("--data.actor=telepathy", "data.actor"),  # the parser lists the Literal choices
         ("--model.wm_loss=mse", "wm_loss"),
     ],
 )

@@ -115,9 +115,9 @@ def test_collect_runs_the_policy_in_eval_mode_and_restores_the_mode(tiny):
     seen = []
 
     class ModeSpy(ScriptedActor):
-        def act(self, model, tokenizer, prompts, admissible, generator):
-            seen.append(model.training)
-            return super().act(model, tokenizer, prompts, admissible, generator)
+        def act(self, engine, tokenizer, prompts, admissible, generator):
+            seen.append(engine.model.training)  # the HF engine runs the live model
+            return super().act(engine, tokenizer, prompts, admissible, generator)
 
     model.train()
     corridor_collector(ModeSpy("go"), max_steps=2).collect(model, tokenizer, [1, 2], torch.Generator(), progress=False)

@@ -17,6 +17,7 @@ import torch
 from tqdm.auto import tqdm
 
 from paw_lightning.envs.base import check_info
+from paw_lightning.rollout.engines import as_engine
 from paw_lightning.rollout.prompts import PromptBuilder
 from paw_lightning.rollout.types import Episode, Rollout, Transition
 
@@ -43,7 +44,7 @@ class Collector:
         num_groups, group_size: envs = num_groups * group_size; a group shares its reset seed.
         max_steps: episode step limit.
         prompts: renders and tokenises each step's prompt.
-        actor: a ScoreActor or GenerateActor.
+        actor: a ScoreActor or GenerateActor (it asks the engine given to ``collect``).
         invalid_action_penalty: subtracted from the reward of an invalid action (generate actor).
         max_obs_tokens: the world-model target o_{t+1} keeps at most this many tokens.
     """
@@ -98,19 +99,19 @@ class Collector:
         task_type = info.get("task_label") or info.get("task_type", "default")
         return _Slot(self.envs[index], Episode(episode_id, group, seed, task_type), obs, info)
 
-    def collect(self, model, tokenizer, seeds: list[int], generator: torch.Generator, iteration: int = 0, progress: bool = True) -> Rollout:
-        """Play one episode in every env; ``seeds`` has one seed per group. The model acts in eval mode
-        (its previous mode is restored afterwards)."""
+    def collect(self, engine, tokenizer, seeds: list[int], generator: torch.Generator, iteration: int = 0, progress: bool = True) -> Rollout:
+        """Play one episode in every env; ``seeds`` has one seed per group. ``engine`` is a RolloutEngine,
+        or a bare model, which then acts through the HF engine in eval mode (its mode restored afterwards)."""
         if len(seeds) != self.num_groups:
             raise ValueError(f"need {self.num_groups} seeds (one per group), got {len(seeds)}")
-        was_training = model.training
-        model.eval()
-        try:
-            return self._play(model, tokenizer, seeds, generator, iteration, progress)
-        finally:
-            model.train(was_training)
+        engine = as_engine(engine, tokenizer)
+        with engine.rollout_mode():
+            rollout = self._play(engine, tokenizer, seeds, generator, iteration, progress)
+        rollout.engine = engine.name
+        rollout.exact_actor_logprobs = engine.exact
+        return rollout
 
-    def _play(self, model, tokenizer, seeds, generator, iteration, progress) -> Rollout:
+    def _play(self, engine, tokenizer, seeds, generator, iteration, progress) -> Rollout:
         start = time.perf_counter()
         slots = [
             self._reset(i, int(seeds[i // self.group_size]), i // self.group_size, i) for i in range(len(self.envs))
@@ -125,7 +126,7 @@ class Collector:
                 self.prompts.build(tokenizer, s.info["task"], s.observation, s.info["admissible_commands"], s.history)
                 for s in (slots[i] for i in active)
             ]
-            outputs = self.actor.act(model, tokenizer, prompts, [slots[i].info["admissible_commands"] for i in active], generator)
+            outputs = self.actor.act(engine, tokenizer, prompts, [slots[i].info["admissible_commands"] for i in active], generator)
             for i, prompt, out in zip(active, prompts, outputs):
                 transitions.append(self._step(i, slots[i], prompt, out, step, tokenizer))
             finished = sum(s.done for s in slots)
@@ -173,6 +174,7 @@ class Collector:
             task_type=episode.task_type,
             actor_logprob=out.logprob,
             actor_entropy=out.entropy,
+            actor_token_logprobs=out.token_logprobs,
             candidate_ids=out.candidate_ids,
             chosen=out.chosen,
             observation=slot.observation,

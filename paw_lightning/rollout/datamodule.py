@@ -1,10 +1,10 @@
 """``RolloutDataModule``: fresh on-policy experience for every training epoch.
 
 One Lightning epoch is one PaW iteration. When the trainer iterates the train dataloader, the
-``RolloutStream`` asks the module's current policy for a rollout, has the module score it (old and
-reference log-probs, action entropy, advantages), calls ``on_rollout_end(trainer, pl_module, rollout)``
-on every callback that defines it (the PaW callbacks), and then yields shuffled mini-batches for
-``ppo_epochs`` passes. So ``trainer.max_epochs`` is the number of iterations.
+``RolloutStream`` syncs the rollout engine with the module's current weights (when they changed),
+collects a rollout with it, hands it to the module once (``on_rollout``: score, rollout callbacks,
+record), and then yields shuffled mini-batches for ``ppo_epochs`` passes. So ``trainer.max_epochs``
+is the number of iterations. Nothing here reaches into the module beyond those two calls.
 
 Validation (``val_episodes > 0``) plays the same held-out tasks every time (seeds ``val_seed + i``,
 one episode each, envs built with ``env_kwargs`` updated by ``val_env_kwargs``, e.g. the TextWorld
@@ -14,7 +14,7 @@ eval split) at ``val_temperature``, and the module logs their success under ``va
 from __future__ import annotations
 
 import functools
-from typing import Any
+from typing import Any, Literal
 
 import gymnasium as gym
 import lightning as L
@@ -23,7 +23,10 @@ import torch
 from torch.utils.data import DataLoader, IterableDataset
 
 import paw_lightning.envs  # noqa: F401 - registers the paw/ env ids
-from paw_lightning.rollout.actors import ACTORS, make_actor
+from paw_lightning.choices import check_choices
+from paw_lightning.rollout.actors import Actor, make_actor
+from paw_lightning.rollout.engines import EngineName, HFEngine, RolloutEngine, resolve_engine
+from paw_lightning.rollout.vllm_engine import LoraSync
 from paw_lightning.rollout.batch import minibatches
 from paw_lightning.rollout.collector import Collector
 from paw_lightning.rollout.prompts import PromptBuilder, resolve_template
@@ -42,15 +45,9 @@ class RolloutStream(IterableDataset):
 
     def __iter__(self):
         dm = self.datamodule
-        trainer = dm.trainer
-        module = trainer.lightning_module
-        rollout = dm.collect(module.model, module.tokenizer)
-        module.prepare_rollout(rollout)
-        for callback in trainer.callbacks:
-            hook = getattr(callback, "on_rollout_end", None)
-            if callable(hook):
-                hook(trainer, module, rollout)
-        module.record_rollout(rollout)
+        module = dm.trainer.lightning_module
+        rollout = dm.collect(dm.engine_for(module), module.tokenizer)
+        module.on_rollout(rollout)  # the module owns the rest: score, rollout callbacks, record
         yield from minibatches(rollout, dm.hparams.ppo_epochs, dm.hparams.mini_batch_size, module.tokenizer.pad_token_id, dm.rng)
 
 
@@ -62,7 +59,7 @@ class ValidationStream(IterableDataset):
 
     def __iter__(self):
         module = self.datamodule.trainer.lightning_module
-        yield self.datamodule.validate(module.model, module.tokenizer)
+        yield self.datamodule.validate(self.datamodule.engine_for(module), module.tokenizer)
 
 
 class RolloutDataModule(L.LightningDataModule):
@@ -96,6 +93,16 @@ class RolloutDataModule(L.LightningDataModule):
         val_env_kwargs: updates ``env_kwargs`` for the validation envs (TextWorld: ``{split: eval}``).
         val_temperature: sampling temperature of validation (the paper: 0.4; 0 = greedy).
         val_seed: validation task i is reset with seed ``val_seed + i`` (the same tasks every time).
+        engine: what runs the actor's forward passes: ``hf`` (the live training model), ``vllm`` (a
+            vLLM engine in this process, synced once per iteration) or ``auto`` (vLLM for the generate
+            actor when it is installed; HF for the score actor, whose packed scoring was faster here).
+        vllm_dtype: the vLLM engine's weights dtype (bfloat16 is the fast one; float32 matches the trainer).
+        vllm_max_model_len: longest prompt + response vLLM serves (default: max_prompt_tokens + max_new_tokens + 64).
+        vllm_kv_cache_gib: CPU: memory for vLLM's KV cache.
+        vllm_gpu_memory_utilization: GPU: the share of GPU memory vLLM may take; the trainer needs the rest.
+        vllm_lora_sync: with LoRA, push ``merged`` weights (W + BA) or serve the ``adapter`` as a LoRA
+            request; ``auto``: merged on CPU (faster there), adapter on GPU.
+        vllm_sleep: GPU: put vLLM to sleep during the update, freeing its memory for training.
     """
 
     def __init__(
@@ -105,7 +112,7 @@ class RolloutDataModule(L.LightningDataModule):
         num_groups: int = 4,
         group_size: int = 4,
         max_steps: int = 10,
-        actor: str = "score",
+        actor: Actor = "score",
         temperature: float = 1.0,
         max_new_tokens: int = 128,
         prompt_template: str = "textworld",
@@ -123,13 +130,19 @@ class RolloutDataModule(L.LightningDataModule):
         val_env_kwargs: dict[str, Any] | None = None,
         val_temperature: float = 0.4,
         val_seed: int = 1_000_000,
+        engine: EngineName = "auto",
+        vllm_dtype: Literal["bfloat16", "float16", "float32"] = "bfloat16",
+        vllm_max_model_len: int | None = None,
+        vllm_kv_cache_gib: float = 2.0,
+        vllm_gpu_memory_utilization: float = 0.3,
+        vllm_lora_sync: LoraSync = "auto",
+        vllm_sleep: bool = True,
     ) -> None:
         super().__init__()
         if env_id not in gym.registry:
             known = sorted(k for k in gym.registry if k.startswith("paw/"))
             raise ValueError(f"unknown env id {env_id!r}; registered text envs: {known}. Register yours with gymnasium.register first.")
-        if actor not in ACTORS:
-            raise ValueError(f"unknown actor {actor!r}; choose one of {ACTORS}")
+        check_choices(RolloutDataModule.__init__, locals())
         for name, value in dict(num_groups=num_groups, group_size=group_size, max_steps=max_steps, ppo_epochs=ppo_epochs,
                                 mini_batch_size=mini_batch_size, max_prompt_tokens=max_prompt_tokens).items():
             if value < 1:
@@ -146,6 +159,8 @@ class RolloutDataModule(L.LightningDataModule):
         self.total_episodes = 0
         self.collector: Collector | None = None
         self.val_collector: Collector | None = None
+        self.engine: RolloutEngine | None = None
+        self._synced_step: int | None = None  # the trainer step whose weights the engine serves
 
     def _collector(self, env_kwargs: dict, num_groups: int, group_size: int, temperature: float) -> Collector:
         hp = self.hparams
@@ -174,9 +189,48 @@ class RolloutDataModule(L.LightningDataModule):
             if collector is not None:
                 collector.close()
         self.collector = self.val_collector = None
+        if self.engine is not None:
+            self.engine.close()
+        self.engine, self._synced_step = None, None
 
-    def collect(self, model, tokenizer):
-        """One rollout with the given policy (the collector runs it in eval mode, without gradients)."""
+    def engine_for(self, module: L.LightningModule) -> RolloutEngine:
+        """The rollout engine, built on first use and synced with the module's weights whenever the
+        trainer has stepped since the last sync (once per iteration, and before validation)."""
+        if self.engine is None:
+            self.engine = self._build_engine(module)
+        if self._synced_step != module.global_step:
+            self.engine.sync(module.model)
+            self._synced_step = module.global_step
+        return self.engine
+
+    def _build_engine(self, module: L.LightningModule) -> RolloutEngine:
+        hp = self.hparams
+        if resolve_engine(hp.engine, hp.actor) == "hf":
+            return HFEngine(module.model, module.tokenizer)
+        from paw_lightning.models import serving_folder
+        from paw_lightning.rollout.vllm_engine import VLLMEngine, VLLMSettings, resolve_lora_sync
+
+        mp = module.hparams
+        lora_sync = resolve_lora_sync(hp.vllm_lora_sync, mp.lora_rank)
+        if lora_sync == "adapter" and hp.actor == "score" and not torch.cuda.is_available():
+            raise ValueError("vLLM cannot score with a LoRA adapter on CPU; set data.vllm_lora_sync: merged (or auto)")
+        settings = VLLMSettings(
+            folder=serving_folder(mp.model_name, mp.model_seed, module.tokenizer, mp.trust_remote_code),
+            dtype=hp.vllm_dtype,
+            max_model_len=hp.vllm_max_model_len or hp.max_prompt_tokens + hp.max_new_tokens + 64,
+            kv_cache_gib=hp.vllm_kv_cache_gib,
+            gpu_memory_utilization=hp.vllm_gpu_memory_utilization,
+            lora_sync=lora_sync,
+            lora_rank=mp.lora_rank,
+            sleep=hp.vllm_sleep,
+            seed=hp.seed,
+            trust_remote_code=mp.trust_remote_code,
+        )
+        return VLLMEngine(settings, module.tokenizer)
+
+    def collect(self, policy, tokenizer):
+        """One rollout with the given policy: a RolloutEngine, or a model (run on the HF engine, in eval
+        mode, without gradients)."""
         if self.collector is None:
             self.setup("fit")
         seeds = self.rng.integers(0, 2**31 - 1, size=self.hparams.num_groups)
@@ -187,19 +241,19 @@ class RolloutDataModule(L.LightningDataModule):
             sampling_seed = int(np.random.default_rng([sampling_seed, rank]).integers(0, 2**31 - 1))
         seeds = [int(s) for s in seeds]
         generator = torch.Generator().manual_seed(sampling_seed)
-        rollout = self.collector.collect(model, tokenizer, seeds, generator, self.iteration, self.hparams.progress)
+        rollout = self.collector.collect(policy, tokenizer, seeds, generator, self.iteration, self.hparams.progress)
         self.iteration += 1
         self.total_env_steps += rollout.env_steps
         self.total_episodes += len(rollout.episodes)
         return rollout
 
-    def validate(self, model, tokenizer):
-        """Play the held-out validation tasks once with the given policy (no gradients)."""
+    def validate(self, policy, tokenizer):
+        """Play the held-out validation tasks once with the given policy (an engine or a model)."""
         if self.val_collector is None:
             self.setup("validate")
         seeds = [self.hparams.val_seed + i for i in range(self.hparams.val_episodes)]
         generator = torch.Generator().manual_seed(self.hparams.val_seed)
-        return self.val_collector.collect(model, tokenizer, seeds, generator, progress=self.hparams.progress)
+        return self.val_collector.collect(policy, tokenizer, seeds, generator, progress=self.hparams.progress)
 
     def train_dataloader(self) -> DataLoader:
         return DataLoader(RolloutStream(self), batch_size=None, num_workers=0)

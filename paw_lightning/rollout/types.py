@@ -31,6 +31,7 @@ class Transition:
     task_type: str
     actor_logprob: float = float("nan")  # the behaviour policy's log-prob at sampling time (score actor)
     actor_entropy: float = float("nan")  # entropy of the candidate distribution at sampling time (score actor)
+    actor_token_logprobs: list[float] | None = None  # generate: the engine's log-prob of each action token
     candidate_ids: list[list[int]] | None = None  # score actor: every admissible command, tokenised
     chosen: int = -1  # score actor: index of the taken candidate
     observation: str = ""  # o_t, the observation the action was taken in (GiGPO's anchor state)
@@ -62,6 +63,8 @@ class Rollout:
     temperature: float
     iteration: int = 0
     wall_s: float = 0.0
+    engine: str = "hf"  # the rollout engine that ran the actor
+    exact_actor_logprobs: bool = True  # the actor's log-probs are the trainer's own (HF engine): reusable
     # Per transition, filled by PaWModule.prepare_rollout:
     old_logprobs: list[Tensor] = field(default_factory=list)  # each (units,)
     ref_logprobs: list[Tensor] | None = None
