@@ -19,7 +19,7 @@ import torch
 
 from paw_lightning.logprobs import candidate_policy, categorical_entropy
 from paw_lightning.rollout.engines import Sampling, as_engine
-from paw_lightning.rollout.prompts import is_admissible, parse_action
+from paw_lightning.rollout.prompts import choose_action
 
 ACTION_END = "</action>"
 
@@ -106,9 +106,7 @@ class GenerateActor:
         sampling = Sampling(self.temperature, self.max_new_tokens, stop=[ACTION_END])  # nothing after the action is needed
         outputs = []
         for i, gen in enumerate(engine.generate(prompts, sampling, generator)):
-            action = parse_action(self.response_prefix + gen.text)
-            valid = action is not None and is_admissible(action, admissible[i])
-            sent = action if action is not None else " ".join(gen.text.split())[:200]
+            sent, valid = choose_action(self.response_prefix + gen.text, admissible[i])
             outputs.append(ActorOutput(action_text=sent, action_ids=gen.token_ids, valid=valid, token_logprobs=gen.logprobs))
         return outputs
 

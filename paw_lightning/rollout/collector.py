@@ -18,7 +18,7 @@ from tqdm.auto import tqdm
 
 from paw_lightning.envs.base import check_info
 from paw_lightning.rollout.engines import as_engine
-from paw_lightning.rollout.prompts import PromptBuilder
+from paw_lightning.rollout.prompts import PromptBuilder, sanitize_action
 from paw_lightning.rollout.types import Episode, Rollout, Transition
 
 log = logging.getLogger(__name__)
@@ -145,7 +145,7 @@ class Collector:
 
     def _step(self, index: int, slot: _Slot, prompt: list[int], out, step: int, tokenizer) -> Transition:
         try:
-            obs, reward, terminated, truncated, info = slot.env.step(out.action_text)
+            obs, reward, terminated, truncated, info = slot.env.step(sanitize_action(out.action_text))
             check_info(info)
         except Exception as err:  # noqa: BLE001 - a crashed env ends its episode, not the run
             self._restart(index, err)

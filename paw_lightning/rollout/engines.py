@@ -178,9 +178,10 @@ def until_eos(ids: list[int], eos: int | None, pad: int) -> list[int]:
     """The response up to and including the first eos; the padding of rows that stopped early removed."""
     if eos is not None and eos in ids:
         return ids[: ids.index(eos) + 1]
-    while len(ids) > 1 and ids[-1] == pad:
-        ids = ids[:-1]
-    return ids or [eos if eos is not None else pad]
+    end = len(ids)
+    while end > 1 and ids[end - 1] == pad:  # an index, not ids[:-1] per step: that is quadratic
+        end -= 1
+    return ids[:end] or [eos if eos is not None else pad]
 
 
 def as_engine(policy, tokenizer) -> RolloutEngine:

@@ -52,23 +52,57 @@ def resolve_template(template: str) -> str:
     return template
 
 
-ACTION_PATTERN = re.compile(r"<action>\s*(.*?)\s*</action>", re.DOTALL | re.IGNORECASE)
+ACTION_OPEN = re.compile(re.escape("<action>"), re.IGNORECASE)
+ACTION_CLOSE = re.compile(re.escape("</action>"), re.IGNORECASE)
+# The longest command an env is sent; admissible commands of TextWorld and ALFWorld are far shorter.
+MAX_ACTION_CHARS = 256
+# C0 and C1 control characters (and DEL): the whitespace ones become a space, the others are dropped.
+# TextWorld's interpreter hangs or segfaults on NUL and on \x0e-\x15, so none of them may reach an env.
+CONTROL_TABLE = {c: (" " if chr(c).isspace() else None) for c in (*range(0x20), *range(0x7F, 0xA0))}
 
 
 def parse_action(response: str) -> str | None:
-    """The text inside the first ``<action>...</action>`` tag, or None when there is none."""
-    match = ACTION_PATTERN.search(response)
-    if match is None or not match.group(1).strip():
+    """The text inside the first ``<action>...</action>`` pair (tags in any case), whitespace collapsed,
+    or None when there is no closed pair or it is empty. Linear in the response length."""
+    opening = ACTION_OPEN.search(response)
+    if opening is None:
         return None
-    return " ".join(match.group(1).split())
+    closing = ACTION_CLOSE.search(response, opening.end())
+    if closing is None:
+        return None
+    return " ".join(response[opening.end() : closing.start()].split()) or None
+
+
+def sanitize_action(text: str, max_chars: int = MAX_ACTION_CHARS) -> str:
+    """What an env may be sent: control characters dropped (whitespace ones become spaces), whitespace
+    runs collapsed to one space, at most ``max_chars`` characters. Idempotent."""
+    text = " ".join(text.translate(CONTROL_TABLE).split())
+    return text[:max_chars].rstrip()
+
+
+def match_admissible(action: str, admissible: list[str] | None) -> str | None:
+    """The admissible command that ``action`` names, ignoring case and spacing, in the env's own
+    spelling (ALFWorld is case-sensitive); None when there is none. With no list (free-text envs) every
+    action is admissible and comes back as it is."""
+    if admissible is None:
+        return action
+    wanted = " ".join(action.lower().split())
+    return next((a for a in admissible if " ".join(a.lower().split()) == wanted), None)
 
 
 def is_admissible(action: str, admissible: list[str] | None) -> bool:
     """Case- and space-insensitive membership; every action is admissible when the env lists none."""
-    if admissible is None:
-        return True
-    wanted = " ".join(action.lower().split())
-    return any(wanted == " ".join(a.lower().split()) for a in admissible)
+    return match_admissible(action, admissible) is not None
+
+
+def choose_action(response: str, admissible: list[str] | None) -> tuple[str, bool]:
+    """(the command to send, valid) for a generated response: the parsed action in the env's spelling
+    when it is admissible; else the parsed action, or the whole response when it has no action tags,
+    as an invalid action. The text is already sanitised, so the check sees what the env will get."""
+    parsed = parse_action(response)
+    action = sanitize_action(parsed if parsed is not None else response)
+    matched = match_admissible(action, admissible) if parsed is not None and action else None
+    return (matched, True) if matched is not None else (action, False)
 
 
 @dataclass

@@ -134,3 +134,28 @@ def test_same_seed_same_game_and_invalid_commands_change_nothing(alfworld_data):
 def test_split_feedback_takes_out_the_banner_and_the_task():
     text = "-= Welcome to TextWorld, ALFRED! =-\n\nYou are in the middle of a room.\n\nYour task is to: put a apple in fridge."
     assert split_feedback(text) == ("You are in the middle of a room.", "put a apple in fridge")
+
+
+def test_a_valid_generated_action_reaches_alfworld_in_its_own_spelling(alfworld_data, tiny):
+    """ALFWorld is case-sensitive: "Go to countertop 1" counts as valid only because the env is sent
+    the admissible "go to countertop 1"; the raw text gets "Nothing happens."."""
+    import torch
+
+    from paw_lightning.rollout.actors import GenerateActor
+    from paw_lightning.rollout.collector import Collector
+    from paw_lightning.rollout.prompts import PromptBuilder, resolve_template
+    from tests.scripted_model import ScriptedModel
+
+    _, tokenizer = tiny
+    env = ALFWorldEnv(data_dir=str(alfworld_data))
+    seed = next(s for s in range(len(env.games)) if "go to countertop 1" in env.reset(seed=s)[1]["admissible_commands"])
+    assert env.step("Go to countertop 1")[0] == "Nothing happens."  # why the spelling matters
+    env.close()
+    answer = tokenizer("<think>the counter</think><action>Go to countertop 1</action>", add_special_tokens=False)["input_ids"]
+    collector = Collector(lambda: ALFWorldEnv(data_dir=str(alfworld_data)), 1, 1, 1,
+                          PromptBuilder(generate=True, template=resolve_template("alfworld")), GenerateActor(max_new_tokens=32))
+    rollout = collector.collect(ScriptedModel([answer], tokenizer.pad_token_id), tokenizer, [seed], torch.Generator(), progress=False)
+    collector.close()
+    (step,) = rollout.transitions
+    assert step.valid and step.action_text == "go to countertop 1"
+    assert step.next_obs.startswith("You arrive at countertop 1") and step.reward == 0.0  # no invalid-action penalty

@@ -5,6 +5,7 @@ import textworld
 import paw_lightning.envs  # noqa: F401
 from paw_lightning.envs.base import check_text_env_step
 from paw_lightning.envs.textworld import TextWorldEnv, TextWorldGamePool, clean_feedback
+from paw_lightning.rollout.prompts import MAX_ACTION_CHARS
 
 
 @pytest.fixture(scope="module")
@@ -120,3 +121,69 @@ def test_engine_cache_is_bounded_and_replays_correctly(pool):
     assert len(env._engines) == 1
     assert env.reset(seed=0)[0] == first  # and started again on demand
     env.close()
+
+
+# Played in a child process: TextWorld's interpreter hangs on a lone NUL and segfaults on "take \x00 coin",
+# which would take pytest down with it; here such a bug fails the test instead.
+HOSTILE_CHILD = r"""
+import json, sys
+import torch
+from paw_lightning.models import build_tiny_tokenizer
+from paw_lightning.envs.textworld import TextWorldEnv
+from paw_lightning.rollout.actors import GenerateActor
+from paw_lightning.rollout.collector import Collector
+from paw_lightning.rollout.prompts import MAX_ACTION_CHARS, PromptBuilder
+from tests.scripted_model import ScriptedModel
+
+args = json.loads(open(sys.argv[1]).read())
+tokenizer = build_tiny_tokenizer(tokenizer_json=open(args["tokenizer"]).read())
+# encoded 1000 characters at a time: BPE on one 100k-character word takes minutes
+responses = [sum((tokenizer(r[i : i + 1000], add_special_tokens=False)["input_ids"] for i in range(0, len(r), 1000)), [])
+             for r in args["responses"]]
+model = ScriptedModel(responses, tokenizer.pad_token_id)
+collector = Collector(lambda: TextWorldEnv(game_files=args["games"]), 1, 2, len(responses), PromptBuilder(generate=True),
+                      GenerateActor(max_new_tokens=8))
+rollout = collector.collect(model, tokenizer, [0], torch.Generator(), progress=False)
+collector.close()
+sent = [t.action_text for t in rollout.transitions]
+assert all(len(s) <= MAX_ACTION_CHARS and s.isprintable() for s in sent), sent
+print(json.dumps({"sent": sent, "valid": [t.valid for t in rollout.transitions], "restarts": collector.env_restarts}))
+"""
+
+HOSTILE_RESPONSES = [  # (model text, what the env must get, valid)
+    ("<action>\x0eGo\x00 WEST\x15</action>", "go west", True),  # the admissible spelling is sent
+    ("<action>take \x00 coin</action>", "take coin", False),
+    ("\x00", "", False),
+    ("<action>" + "".join(chr(c) for c in range(0x0E, 0x16)) + "LOOK</action>", "look", True),
+    ("<action>" + "a" * 100_000, ("<action>" + "a" * 100_000)[:MAX_ACTION_CHARS], False),
+    ("<action><action>take coin</action></action>", "<action>take coin", False),
+    (" " * 100_000 + "<action>\tinventory\x00</action>", "inventory", True),
+    ("\x00\x0e\x15\x85\x9b" * 1000, "", False),
+]
+
+
+def test_hostile_model_output_never_crashes_a_textworld_env(pool, tiny, tmp_path):
+    """NUL, control bytes, 100k characters and nested tags, through the generate actor into TextWorld."""
+    import json
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    _, tokenizer = tiny
+    (tmp_path / "tokenizer.json").write_text(tokenizer.backend_tokenizer.to_str())
+    args = {"tokenizer": str(tmp_path / "tokenizer.json"), "games": pool.files("train", progress=False)[:1],
+            "responses": [text for text, _, _ in HOSTILE_RESPONSES]}
+    (tmp_path / "args.json").write_text(json.dumps(args))
+    root = Path(__file__).resolve().parents[2]
+    child = subprocess.run([sys.executable, "-c", HOSTILE_CHILD, str(tmp_path / "args.json")], cwd=root, capture_output=True,
+                           text=True, timeout=300)
+    assert child.returncode == 0, f"exit code {child.returncode}\n{child.stderr[-3000:]}"
+    result = json.loads(child.stdout.strip().splitlines()[-1])
+    assert result["restarts"] == 0  # no env raised either
+    n = len(HOSTILE_RESPONSES)
+    assert len(result["sent"]) == 2 * n  # two envs played every step (the scripted answers go round-robin)
+    for j, (sent, valid) in enumerate(zip(result["sent"], result["valid"])):
+        _, expected, expected_valid = HOSTILE_RESPONSES[j % n]
+        if j % n == 0 and j > 0:  # "go west" is admissible at the start only; later it is sent as written
+            expected, expected_valid = "Go WEST", False
+        assert (sent, valid) == (expected, expected_valid), j
