@@ -52,8 +52,10 @@ from paw_lightning.metrics import TokenMean, episode_metrics, rollout_metrics
 from paw_lightning.models import TINY, DType, Quantize, check_model_options, load_model, trunk_and_head
 from paw_lightning.rollout.batch import SCORE, collate, prompt_end, unit_mask
 from paw_lightning.rollout.types import Rollout
+from paw_lightning.selection import derangement
 
 WorldModel = Literal["shared", "head"]
+WMTarget = Literal["next_obs", "shuffled"]
 
 
 def engine_logprob_gap(rollout: Rollout) -> float | None:
@@ -100,6 +102,8 @@ class PaWModule(L.LightningModule):
         world_model: ``shared`` (the LM head predicts observations, as in the paper) or ``head`` (a
             separate output head, initialised from the LM head: WM gradients reach the trunk, not the
             policy head).
+        wm_target: ``next_obs`` (each transition's own o_{t+1}, the paper) or ``shuffled`` (the placebo:
+            the o_{t+1} of another transition of the same rollout, a seeded derangement per iteration).
         advantage: the base RL algorithm's advantage: ``grpo``, ``gigpo``, ``rloo``, ``reinforce_pp``,
             ``reinforce_pp_baseline`` (group mean subtracted first) or ``ppo`` (learned critic + GAE).
         grpo_normalize_std: divide GRPO advantages by the group std.
@@ -138,6 +142,7 @@ class PaWModule(L.LightningModule):
         wm_loss: WMLoss = "cmae",
         cmae_rho: float = 0.2,
         world_model: WorldModel = "shared",
+        wm_target: WMTarget = "next_obs",
         advantage: Advantage = "grpo",
         grpo_normalize_std: bool = True,
         gamma: float = 0.95,
@@ -232,6 +237,8 @@ class PaWModule(L.LightningModule):
         another engine (vLLM: its log-probs are compared with the trainer's, never trained on), the
         reference policy (``kl_coef > 0``) and the critic (PPO).
         """
+        if self.hparams.wm_target == "shuffled":
+            self._shuffle_wm_targets(rollout)
         n = len(rollout)
         reuse_actor = rollout.mode == SCORE and rollout.exact_actor_logprobs
         if reuse_actor:
@@ -255,6 +262,12 @@ class PaWModule(L.LightningModule):
         rollout.advantages = self._advantages(rollout) if n else torch.zeros(0)
         rollout.wm_selected = torch.ones(n, dtype=torch.bool)
         rollout.wm_weight = torch.full((n,), float(self.hparams.wm_coef))
+
+    def _shuffle_wm_targets(self, rollout: Rollout) -> None:
+        """The placebo: every transition learns the next observation of another transition of the rollout,
+        through a derangement seeded by (model_seed, iteration), so a run and its resume draw the same."""
+        generator = torch.Generator().manual_seed(self.hparams.model_seed * 1_000_003 + rollout.iteration)
+        rollout.permute_wm_targets(derangement(len(rollout), generator))
 
     def _advantages(self, rollout: Rollout) -> Tensor:
         """(N,) per-transition advantages of the configured estimator (see advantages.py)."""

@@ -2,6 +2,8 @@
 
 - ``top_fraction_mask``: action-entropy data selection, the top alpha fraction of all transitions.
 - ``reward_adaptive_lambda``: lambda_g = 1 - mean return of group g / R_max, clamped to [0, 1].
+- ``derangement``: a seeded permutation without fixed points, for the shuffled-observation placebo
+  (``wm_target: shuffled``: each transition predicts another transition's next observation).
 """
 
 from __future__ import annotations
@@ -68,3 +70,28 @@ def reward_adaptive_lambda(episode_returns: Tensor, episode_group: Tensor, num_g
     counts = torch.zeros(num_groups, dtype=torch.float64).index_add_(0, episode_group, torch.ones_like(returns))
     mean = totals / counts.clamp(min=1.0)
     return (1.0 - mean / r_max).clamp(0.0, 1.0).to(torch.float32)
+
+
+def derangement(n: int, generator: torch.Generator) -> Tensor:
+    """A permutation of ``range(n)`` with no fixed points (``out[i] != i``), uniform over all such permutations.
+
+    Rejection sampling: a uniform permutation is a derangement with probability about 1/e, so this takes
+    e draws on average; the result depends only on ``n`` and the generator's state. No derangement exists
+    for n = 1, so the single index maps to itself; n = 0 gives an empty tensor.
+
+    Args:
+        n: the number of items (transitions of a rollout).
+        generator: the source of randomness (seed it for a reproducible run).
+
+    Returns:
+        (n,) long: item i takes the place (here: the world-model target) of item ``out[i]``.
+    """
+    if n < 0:
+        raise ValueError(f"n must be >= 0, got {n}")
+    identity = torch.arange(n)
+    if n < 2:
+        return identity
+    while True:
+        order = torch.randperm(n, generator=generator)
+        if not bool((order == identity).any()):
+            return order

@@ -82,6 +82,7 @@ def test_grpo_baseline_runs_without_world_model_metrics(tmp_path, monkeypatch, c
         ("--data.env_id=paw/Nope-v0", "unknown env id"),
         ("--data.actor=telepathy", "data.actor"),  # the parser lists the Literal choices
         ("--model.wm_loss=mse", "wm_loss"),
+        ("--model.wm_target=prev_obs", "wm_target"),
     ],
 )
 def test_bad_config_fails_before_any_compute(tmp_path, monkeypatch, override, message, capsys):
@@ -110,6 +111,17 @@ def test_each_algorithm_runs_two_iterations(algorithm, paw, tmp_path, monkeypatc
         assert "loss/value_step" in header and "ppo/explained_variance" in header
     if algorithm == "gigpo":
         assert "gigpo/anchor_groups" in header and "gigpo/anchor_group_size" in header
+
+
+@pytest.mark.slow
+def test_shuffled_observation_placebo_runs_two_iterations(tmp_path, monkeypatch, coin_pool_kwargs):
+    monkeypatch.chdir(tmp_path)
+    cli = main(["fit", "--config", str(ROOT / "configs/quickstart.yaml"), *SMALL, small_env(coin_pool_kwargs),
+                "--model.wm_target=shuffled"])
+    assert cli.model.hparams.wm_target == "shuffled"
+    assert sorted(success_by_epoch(tmp_path / "runs/csv/version_0")) == [0, 1]
+    header = open(tmp_path / "runs/csv/version_0/metrics.csv").readline().strip().split(",")
+    assert "paw/wm_loss_step" in header and "paw/selected_frac" in header and "paw/lambda_mean" in header
 
 
 @pytest.mark.slow

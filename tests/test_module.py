@@ -1,3 +1,4 @@
+import copy
 import functools
 
 import numpy as np
@@ -13,11 +14,13 @@ from paw_lightning.rollout.prompts import PromptBuilder
 import tests.envs.fakes  # noqa: F401 - registers paw-test/Corridor-v0
 
 
-def rollout_for(module, actor, num_groups=2, group_size=2, max_steps=3):
+def rollout_for(module, actor, num_groups=2, group_size=2, max_steps=3, prepare=True, iteration=0):
     make = functools.partial(make_text_env, "paw-test/Corridor-v0", {})
     collector = Collector(make, num_groups, group_size, max_steps, PromptBuilder(generate=actor.mode == "generate"), actor)
-    rollout = collector.collect(module.model, module.tokenizer, list(range(num_groups)), torch.Generator().manual_seed(0), progress=False)
-    module.prepare_rollout(rollout)
+    rollout = collector.collect(module.model, module.tokenizer, list(range(num_groups)), torch.Generator().manual_seed(0),
+                                iteration=iteration, progress=False)
+    if prepare:
+        module.prepare_rollout(rollout)
     return rollout
 
 
@@ -107,7 +110,7 @@ def test_separate_world_model_head_keeps_wm_gradients_off_the_policy_path():
 
 @pytest.mark.parametrize(
     "kwargs, message",
-    [({"wm_loss": "mse"}, "wm_loss"), ({"world_model": "twin"}, "world_model"), ({"cmae_rho": 0.0}, "cmae_rho"), ({"kl_coef": -1}, "kl_coef")],
+    [({"wm_loss": "mse"}, "wm_loss"), ({"world_model": "twin"}, "world_model"), ({"wm_target": "prev_obs"}, "wm_target"), ({"cmae_rho": 0.0}, "cmae_rho"), ({"kl_coef": -1}, "kl_coef")],
 )
 def test_bad_module_config_fails_before_loading_anything(kwargs, message):
     with pytest.raises(ValueError, match=message):
@@ -154,3 +157,60 @@ def test_qlora_module_trains_with_the_packed_score_actor():
     loss.backward()
     assert torch.isfinite(loss)
     assert any(p.grad is not None and p.grad.abs().sum() > 0 for n, p in module.model.named_parameters() if "lora_" in n)
+
+
+# ----- the shuffled-observation placebo (wm_target: shuffled) -------------------------------------------
+def tagged(rollout):
+    """Give every transition a distinct next observation of its own length (1-3 tokens), so targets can be traced."""
+    for i, t in enumerate(rollout.transitions):
+        t.obs_ids, t.next_obs = [20 + i] * (1 + i % 3), f"obs {i}"
+    return rollout
+
+
+@pytest.mark.parametrize("actor", [ScoreActor(), GenerateActor(max_new_tokens=4)], ids=["score", "generate"])
+def test_shuffled_targets_carry_their_masks_and_lengths_into_the_batch(actor):
+    from paw_lightning.rollout.batch import collate
+    from paw_lightning.selection import derangement
+
+    module = PaWModule(lr=1e-3)
+    rollout = tagged(rollout_for(module, actor, prepare=False))
+    n, pad = len(rollout), module.tokenizer.pad_token_id
+    before = collate(rollout.transitions, rollout.mode, pad)
+    source = derangement(n, torch.Generator().manual_seed(1))
+    originals = [list(t.obs_ids) for t in rollout.transitions]
+    rollout.permute_wm_targets(source)
+    after = collate(rollout.transitions, rollout.mode, pad)
+    for i, j in enumerate(source.tolist()):
+        assert after["obs_mask"][i].sum() == len(originals[j])  # the mask follows the new target's length
+        assert after["input_ids"][i][after["obs_mask"][i]].tolist() == originals[j]
+        assert torch.equal(after["input_ids"][i][after["action_mask"][i]], before["input_ids"][i][before["action_mask"][i]])
+        assert after["attention_mask"][i].sum() - before["attention_mask"][i].sum() == len(originals[j]) - len(originals[i])
+    with pytest.raises(ValueError, match="one source index per transition"):
+        rollout.permute_wm_targets(source[:-1])
+
+
+def test_prepare_rollout_swaps_only_the_world_model_targets():
+    module = PaWModule(lr=1e-3, wm_target="shuffled", model_seed=3)
+    baseline = PaWModule(lr=1e-3, model_seed=3)
+    rollout = tagged(rollout_for(module, ScoreActor(), prepare=False, iteration=5))
+    reference = copy.deepcopy(rollout)
+    module.prepare_rollout(rollout)
+    baseline.prepare_rollout(reference)
+    n = len(rollout)
+    source = [int(t.next_obs.split()[1]) for t in rollout.transitions]
+    assert sorted(source) == list(range(n)) and all(j != i for i, j in enumerate(source))  # a derangement
+    for t, ref, j in zip(rollout.transitions, reference.transitions, source):
+        assert t.obs_ids == reference.transitions[j].obs_ids
+        assert (t.prompt_ids, t.action_ids, t.reward, t.done, t.observation) == (ref.prompt_ids, ref.action_ids, ref.reward, ref.done, ref.observation)
+    assert torch.equal(rollout.advantages, reference.advantages)
+    assert torch.allclose(rollout.action_entropy, reference.action_entropy)
+    assert torch.equal(rollout.wm_selected, reference.wm_selected) and torch.equal(rollout.wm_weight, reference.wm_weight)
+
+    def draw(iteration):
+        other = tagged(copy.deepcopy(reference))
+        other.iteration = iteration
+        module._shuffle_wm_targets(other)
+        return [t.next_obs for t in other.transitions]
+
+    assert draw(5) == [t.next_obs for t in rollout.transitions]  # reproducible from (model_seed, iteration)
+    assert len({tuple(draw(it)) for it in range(6)}) > 1  # a new draw every iteration

@@ -7,7 +7,7 @@ The collector fills the transitions; ``PaWModule.prepare_rollout`` adds the per-
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 
 import torch
 from torch import Tensor
@@ -99,6 +99,17 @@ class Rollout:
     @property
     def env_steps(self) -> int:
         return len(self.transitions)
+
+    def permute_wm_targets(self, source: Tensor) -> None:
+        """Give transition i the world-model target (``obs_ids`` and ``next_obs``) of transition ``source[i]``.
+
+        Only the o_{t+1} the world model learns changes: prompts, actions, rewards, ``done`` and the
+        observation o_t the action was taken in stay, so the RL side of the rollout is untouched.
+        """
+        if len(source) != len(self):
+            raise ValueError(f"need one source index per transition ({len(self)}), got {len(source)}")
+        old = self.transitions
+        self.transitions = [replace(t, obs_ids=old[j].obs_ids, next_obs=old[j].next_obs) for t, j in zip(old, source.tolist())]
 
     def episode_returns(self) -> tuple[Tensor, Tensor]:
         """(E,) returns and (E,) groups of the episodes, indexed by episode_id."""
