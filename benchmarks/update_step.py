@@ -19,7 +19,9 @@ from pathlib import Path
 
 import torch
 
-SHAPES = {  # the public configs of the models the paper trains
+SHAPES = {  # the public configs of the models the paper trains (0.5B: the suite's end-to-end fit)
+    "qwen2.5-0.5b": dict(hidden_size=896, intermediate_size=4864, num_hidden_layers=24, num_attention_heads=14,
+                         num_key_value_heads=2, vocab_size=151936, tie_word_embeddings=True),
     "qwen2.5-1.5b": dict(hidden_size=1536, intermediate_size=8960, num_hidden_layers=28, num_attention_heads=12,
                          num_key_value_heads=2, vocab_size=151936, tie_word_embeddings=True),
     "qwen2.5-7b": dict(hidden_size=3584, intermediate_size=18944, num_hidden_layers=28, num_attention_heads=28,
@@ -29,18 +31,31 @@ SHAPES = {  # the public configs of the models the paper trains
 }
 
 
-def save_random_model(shape: str, folder: str) -> str:
-    """Write a random-init Qwen2 model of ``shape`` (bf16) and the tiny tokenizer to ``folder``."""
+def save_random_model(shape: str, folder: str, device: str = "cpu") -> str:
+    """Write a random-init Qwen2 model of ``shape`` (bf16) and the tiny tokenizer to ``folder``.
+
+    The weights are drawn on ``device`` directly in bf16 (a 7B model initialises in seconds on a GPU,
+    minutes on a CPU); the tiny tokenizer's ids (< 2048) are valid ids of every shape's vocabulary.
+    """
     from transformers import Qwen2Config, Qwen2ForCausalLM
 
     from paw_lightning.models import build_tiny_tokenizer
 
-    config = Qwen2Config(max_position_embeddings=32768, rope_theta=1e6, **SHAPES[shape])
-    with torch.device("cpu"):
-        model = Qwen2ForCausalLM(config).to(torch.bfloat16)
+    tokenizer = build_tiny_tokenizer()
+    config = Qwen2Config(max_position_embeddings=32768, rope_theta=1e6, pad_token_id=tokenizer.pad_token_id,
+                         eos_token_id=tokenizer.eos_token_id, bos_token_id=tokenizer.eos_token_id, **SHAPES[shape])
+    default_dtype = torch.get_default_dtype()
+    torch.set_default_dtype(torch.bfloat16)
+    try:
+        with torch.device(device):
+            model = Qwen2ForCausalLM(config)
+    finally:
+        torch.set_default_dtype(default_dtype)
     model.save_pretrained(folder)
-    build_tiny_tokenizer().save_pretrained(folder)
+    tokenizer.save_pretrained(folder)
     del model
+    if device.startswith("cuda"):
+        torch.cuda.empty_cache()
     return folder
 
 
@@ -168,17 +183,22 @@ def main() -> None:
     report = {"device": device_name, "date": time.strftime("%Y-%m-%d"), "shape": args.shape,
               "settings": {k: v for k, v in vars(args).items() if k != "out"}}
     with tempfile.TemporaryDirectory() as folder:
-        save_random_model(args.shape, folder)
+        save_random_model(args.shape, folder, args.device)
         for mode in args.modes.split(","):
             if mode == "decode":
                 report[mode] = decode_benchmark(args, folder)
             else:
                 report[mode] = update_benchmark(args, folder, "bnb.nf4" if mode == "qlora" else None)
     print(json.dumps(report, indent=2))
-    out = Path(args.out)
-    merged = json.loads(out.read_text()) if out.exists() else {}
+    append_report(report, args.out)
+
+
+def append_report(report: dict, out: str) -> None:
+    """Add one run's report to the ``runs`` list of the results file (created when missing)."""
+    path = Path(out)
+    merged = json.loads(path.read_text()) if path.exists() else {}
     merged.setdefault("runs", []).append(report)
-    out.write_text(json.dumps(merged, indent=2) + "\n")
+    path.write_text(json.dumps(merged, indent=2) + "\n")
 
 
 if __name__ == "__main__":

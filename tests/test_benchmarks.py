@@ -1,6 +1,7 @@
 """The benchmark scripts run end to end on tiny shapes (no timing is asserted: timings are the scripts' job)."""
 
 import json
+import os
 import subprocess
 import sys
 from pathlib import Path
@@ -11,18 +12,46 @@ ROOT = Path(__file__).resolve().parents[1]
 
 
 @pytest.mark.slow
-def test_update_benchmark_smoke_run(tmp_path):
-    out = tmp_path / "results.json"
-    subprocess.run(
-        [sys.executable, str(ROOT / "benchmarks/update_step.py"), "--shape", "tiny", "--device", "cpu", "--batch", "2",
-         "--prompt", "16", "--action", "8", "--obs", "8", "--lora_rank", "4", "--steps", "1", "--modes", "lora,qlora,decode",
-         "--decode_batch", "2", "--decode_prompt", "8", "--decode_steps", "2",
-         "--out", str(out)],
-        check=True, cwd=tmp_path, capture_output=True, timeout=600,
-    )
-    run = json.loads(out.read_text())["runs"][0]
+def test_gpu_suite_dry_run_runs_every_step_on_cpu(tmp_path):
+    """`gpu_suite.sh --dry-run`: the suite's four steps (update_step.py twice, vllm_decode.py, fit_qlora.py)
+    on CPU with tiny shapes, one results file, copied to $OUT."""
+    out, results = tmp_path / "out", tmp_path / "results.json"
+    out.mkdir()
+    env = dict(os.environ, PYTHON=sys.executable, OUT=str(out))
+    done = subprocess.run(["bash", str(ROOT / "benchmarks/gpu_suite.sh"), "--dry-run", "--out", str(results)],
+                          env=env, cwd=tmp_path, capture_output=True, text=True, timeout=900)
+    assert done.returncode == 0, done.stdout + done.stderr
+    runs = json.loads(results.read_text())["runs"]
+    assert json.loads((out / "results.json").read_text())["runs"] == runs
+    assert {"update.log", "qlora7b.log", "vllm.log", "fit.log"} <= {p.name for p in out.iterdir()}
+    update, qlora, vllm, fit, suite = runs
     for mode in ("lora", "qlora"):
-        assert run[mode]["paw"]["s_per_update"] > 0 and run[mode]["grpo"]["s_per_update"] > 0
-        assert run[mode]["paw_over_grpo_time"] > 0
-    assert run["decode"]["decode_ms_per_step"] > 0 and run["decode"]["decode_floor_ms"] > 0
-    assert run["device"] == "cpu" and run["settings"]["batch"] == 2
+        assert update[mode]["paw"]["s_per_update"] > 0 and update[mode]["grpo"]["s_per_update"] > 0
+        assert update[mode]["paw_over_grpo_time"] > 0
+    assert update["decode"]["decode_ms_per_step"] > 0 and update["decode"]["decode_floor_ms"] > 0
+    assert update["device"] == "cpu" and update["settings"]["batch"] == 2
+    assert set(qlora) >= {"qlora"} and "lora" not in qlora
+    assert "skipped" in vllm["vllm_decode"] or vllm["vllm_decode"]["decode_ms_per_step"] > 0
+    assert fit["fit_qlora"]["ok"] and len(fit["fit_qlora"]["iterations"]) == 2
+    assert all(s > 0 for s in fit["fit_qlora"]["s_per_iteration"])
+    assert "episode/success_rate" in fit["fit_qlora"]["iterations"][0]
+    assert "--model.quantize bnb.nf4" in fit["fit_qlora"]["command"]
+    assert suite["suite"]["dry_run"] and all(step["ok"] for step in suite["suite"]["steps"].values())
+    assert list(suite["suite"]["steps"]) == ["update", "qlora7b", "vllm", "fit"]
+
+
+def test_gpu_suite_rejects_an_unknown_step(tmp_path):
+    done = subprocess.run(["bash", str(ROOT / "benchmarks/gpu_suite.sh"), "--only", "update,warp"],
+                          cwd=tmp_path, capture_output=True, text=True, timeout=60)
+    assert done.returncode == 2 and "unknown step warp" in done.stderr
+
+
+def test_vllm_decode_records_a_skip_without_vllm(tmp_path):
+    """Where vllm is not importable the script writes a note, not a traceback, and exits 0."""
+    out = tmp_path / "results.json"
+    code = ("import runpy, sys; sys.modules['vllm'] = None; "
+            f"sys.argv = ['vllm_decode.py', '--device', 'cpu', '--shape', 'tiny', '--out', {str(out)!r}]; "
+            f"runpy.run_path({str(ROOT / 'benchmarks/vllm_decode.py')!r}, run_name='__main__')")
+    subprocess.run([sys.executable, "-c", code], check=True, cwd=tmp_path, capture_output=True, timeout=300)
+    (run,) = json.loads(out.read_text())["runs"]
+    assert "not importable" in run["vllm_decode"]["skipped"] and run["shape"] == "tiny"
