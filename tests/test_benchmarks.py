@@ -1,6 +1,7 @@
 """The benchmark scripts run end to end on tiny shapes (no timing is asserted: timings are the scripts' job)."""
 
 import json
+import math
 import os
 import subprocess
 import sys
@@ -28,10 +29,11 @@ def test_gpu_suite_dry_run_runs_every_step_on_cpu(tmp_path):
     for mode in ("lora", "qlora"):
         assert update[mode]["paw"]["s_per_update"] > 0 and update[mode]["grpo"]["s_per_update"] > 0
         assert update[mode]["paw_over_grpo_time"] > 0
-    assert update["decode"]["decode_ms_per_step"] > 0 and update["decode"]["decode_floor_ms"] > 0
+    # a difference of two timings: on a loaded 2-core machine a tiny shape can even come out negative
+    assert math.isfinite(update["decode"]["decode_ms_per_step"]) and update["decode"]["decode_floor_ms"] > 0
     assert update["device"] == "cpu" and update["settings"]["batch"] == 2
     assert set(qlora) >= {"qlora"} and "lora" not in qlora
-    assert "skipped" in vllm["vllm_decode"] or vllm["vllm_decode"]["decode_ms_per_step"] > 0
+    assert "skipped" in vllm["vllm_decode"] or math.isfinite(vllm["vllm_decode"]["decode_ms_per_step"])
     assert fit["fit_qlora"]["ok"] and len(fit["fit_qlora"]["iterations"]) == 2
     assert all(s > 0 for s in fit["fit_qlora"]["s_per_iteration"])
     assert "episode/success_rate" in fit["fit_qlora"]["iterations"][0]

@@ -126,6 +126,8 @@ def shared_llm(settings: VLLMSettings):
         # vLLM set up a one-process group for itself; Lightning then asks for sync_dist on every
         # epoch-level metric, which means nothing with one process.
         warnings.filterwarnings("ignore", message=".*sync_dist=True.*")
+    # Rotary embeddings have no weights to reload; vLLM says so on every sync.
+    logging.getLogger("vllm.model_executor.model_loader.reload.layerwise").setLevel(logging.ERROR)
     _LIVE.update(settings=settings, llm=llm)
     return llm
 
@@ -179,8 +181,9 @@ class VLLMEngine(RolloutEngine):
             # A new id every time: vLLM keeps serving a cached adapter under an id it has seen.
             self.lora_request = LoRARequest(f"paw-{self.syncs}", self.syncs, path)
         else:
-            weights = merged_state_dict(model)
-            self.llm.collective_rpc("reload_weights", kwargs={"weights_iterator": list(weights.items()), "is_checkpoint_format": True})
+            dtype = getattr(torch, self.settings.dtype)  # cast here: vLLM warns once per tensor otherwise
+            weights = [(name, w.to(dtype)) for name, w in merged_state_dict(model).items()]
+            self.llm.collective_rpc("reload_weights", kwargs={"weights_iterator": weights, "is_checkpoint_format": True})
         self.llm.reset_prefix_cache()  # cached KV blocks were computed with the old weights
 
     def _wake(self) -> None:
