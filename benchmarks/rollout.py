@@ -16,6 +16,7 @@ from __future__ import annotations
 import argparse
 import functools
 import json
+import sys
 import time
 from pathlib import Path
 
@@ -27,6 +28,9 @@ from paw_lightning.rollout.collector import Collector
 from paw_lightning.rollout.datamodule import make_text_env
 from paw_lightning.rollout.engines import HFEngine, RolloutEngine, Sampling
 from paw_lightning.rollout.prompts import PromptBuilder
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from update_step import append_report  # noqa: E402 - a sibling script
 
 
 class Recorder(RolloutEngine):
