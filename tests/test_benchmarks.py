@@ -57,3 +57,21 @@ def test_vllm_decode_records_a_skip_without_vllm(tmp_path):
     subprocess.run([sys.executable, "-c", code], check=True, cwd=tmp_path, capture_output=True, timeout=300)
     (run,) = json.loads(out.read_text())["runs"]
     assert "not importable" in run["vllm_decode"]["skipped"] and run["shape"] == "tiny"
+
+
+@pytest.mark.slow
+def test_rollout_benchmark_smoke_run(tmp_path):
+    """benchmarks/rollout.py on the tiny model: both engines, both actors, and the raw vLLM replay."""
+    pytest.importorskip("vllm")
+    out = tmp_path / "results.json"
+    done = subprocess.run(
+        [sys.executable, str(ROOT / "benchmarks/rollout.py"), "--model", "tiny", "--dtype", "float32", "--groups", "2",
+         "--group_size", "1", "--steps", "2", "--max_new_tokens", "4", "--kv_cache_gib", "1", "--out", str(out)],
+        cwd=tmp_path, capture_output=True, text=True, timeout=900,
+    )
+    assert done.returncode == 0, done.stderr[-3000:]
+    rows = json.loads(out.read_text())["runs"][0]["rows"]
+    assert [(r["actor"], r["engine"]) for r in rows] == [("generate", "hf"), ("generate", "vllm"), ("score", "hf"), ("score", "vllm")]
+    assert all(r["env_steps"] > 0 and r["s_per_rollout"] > 0 for r in rows)
+    assert all(r["raw_vllm_s"] > 0 and math.isfinite(r["engine_over_raw"]) for r in rows if r["engine"] == "vllm")
+    assert all(r["valid_action_ratio"] == 1.0 for r in rows if r["actor"] == "score")
