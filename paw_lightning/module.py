@@ -9,6 +9,7 @@ observation tokens (CMAE by default, CE as the ablation), weighted per transitio
 from __future__ import annotations
 
 import copy
+import inspect
 import time
 from contextlib import nullcontext
 from typing import Literal
@@ -48,6 +49,7 @@ from paw_lightning.losses import (
     low_var_kl,
     masked_mean,
 )
+from paw_lightning.errors import NonFiniteTrainingError
 from paw_lightning.metrics import TokenMean, episode_metrics, rollout_metrics
 from paw_lightning.models import TINY, DType, Quantize, check_model_options, load_model, trunk_and_head
 from paw_lightning.rollout.batch import SCORE, collate, prompt_end, unit_mask
@@ -70,6 +72,44 @@ def engine_logprob_gap(rollout: Rollout) -> float | None:
     values = torch.cat(diffs) if diffs else torch.zeros(0)
     values = values[values.isfinite()]
     return values.mean().item() if len(values) else None
+
+
+def check_module_options(**options) -> None:
+    """Raise ValueError on a ``PaWModule`` option outside its range; cheap, so the CLI runs it on the parsed
+    config before any model is loaded (options it does not know are ignored)."""
+    defaults = {k: p.default for k, p in inspect.signature(PaWModule.__init__).parameters.items() if k != "self"}
+    o = defaults | options
+    check_choices(PaWModule.__init__, o)
+    for name in ("lr", "weight_decay", "kl_coef", "entropy_coef", "wm_coef", "value_coef", "value_clip", "gigpo_omega",
+                 "grad_clip", "lora_rank", "lora_dropout"):
+        if not o[name] >= 0:  # written so that NaN fails too
+            raise ValueError(f"{name} must be >= 0, got {o[name]}")
+    for name in ("clip_eps", "lora_alpha") + (("value_lr",) if o["value_lr"] is not None else ()):
+        if not o[name] > 0:
+            raise ValueError(f"{name} must be > 0, got {o[name]}")
+    for name in ("head_chunk_size", "score_batch_size", "max_skipped_steps"):
+        if not o[name] >= 1:
+            raise ValueError(f"{name} must be >= 1, got {o[name]}")
+    if not 0.0 < o["cmae_rho"] <= 1.0:
+        raise ValueError(f"cmae_rho must be in (0, 1], got {o['cmae_rho']}")
+    for name in ("gamma", "gae_lambda", "gigpo_similarity"):
+        if not 0.0 <= o[name] <= 1.0:
+            raise ValueError(f"{name} must be in [0, 1], got {o[name]}")
+    if not o["lora_dropout"] < 1:
+        raise ValueError(f"lora_dropout must be < 1, got {o['lora_dropout']}")
+    check_model_options(o["quantize"], o["lora_rank"], o["dtype"])
+
+
+def clip_and_norm(strategy, params: list[Tensor], max_norm: float) -> Tensor:
+    """The gradients' total norm before clipping, after clipping them to ``max_norm`` (0 = no clipping).
+    A non-finite norm leaves the gradients non-finite (the caller skips the step)."""
+    max_norm = max_norm if max_norm > 0 else float("inf")
+    sharded = getattr(getattr(strategy, "model", None), "clip_grad_norm_", None)
+    if callable(sharded):  # FSDP: its own method sees every rank's shard
+        return sharded(max_norm)
+    if not params:
+        return torch.zeros(())
+    return torch.nn.utils.clip_grad_norm_(params, max_norm)
 
 
 class PaWModule(L.LightningModule):
@@ -118,6 +158,10 @@ class PaWModule(L.LightningModule):
         value_lr: learning rate of the value head (PPO; default: ``lr``).
         head_chunk_size: hidden states sent through the output head at once.
         score_batch_size: transitions per forward in the no-grad scoring pass.
+        grad_clip: clip the gradient's total norm to this before each optimiser step (0 = off); the one
+            clipping knob (``trainer.gradient_clip_val`` is refused; Lightning's clipping hook applies this).
+        max_skipped_steps: stop the run (``NonFiniteTrainingError``) after this many optimiser steps in a
+            row were skipped for a non-finite loss or gradient.
     """
 
     def __init__(
@@ -155,19 +199,12 @@ class PaWModule(L.LightningModule):
         value_lr: float | None = None,
         head_chunk_size: int = DEFAULT_CHUNK,
         score_batch_size: int = 32,
+        grad_clip: float = 1.0,
+        max_skipped_steps: int = 10,
     ) -> None:
         super().__init__()
-        check_choices(PaWModule.__init__, locals())
-        for name, value in dict(kl_coef=kl_coef, entropy_coef=entropy_coef, wm_coef=wm_coef, lr=lr).items():
-            if value < 0:
-                raise ValueError(f"{name} must be >= 0, got {value}")
-        if not 0.0 < cmae_rho <= 1.0:
-            raise ValueError(f"cmae_rho must be in (0, 1], got {cmae_rho}")
-        for name, value in dict(gamma=gamma, gae_lambda=gae_lambda, gigpo_similarity=gigpo_similarity).items():
-            if not 0.0 <= value <= 1.0:
-                raise ValueError(f"{name} must be in [0, 1], got {value}")
-        check_model_options(quantize, lora_rank, dtype)
         self.save_hyperparameters()
+        check_module_options(**self.hparams)
         self.model, self.tokenizer = load_model(
             model_name, dtype=dtype, lora_rank=lora_rank, lora_alpha=lora_alpha, lora_dropout=lora_dropout,
             lora_target_modules=lora_target_modules, quantize=quantize, gradient_checkpointing=gradient_checkpointing,
@@ -194,6 +231,9 @@ class PaWModule(L.LightningModule):
         self._rollout_metrics: dict[str, float] = {}
         self.elapsed_s = 0.0  # wall time of the run so far, kept across resumes
         self._clock_origin = time.perf_counter()
+        self.skipped_steps = 0  # optimiser steps skipped for a non-finite loss or gradient, kept across resumes
+        self._skipped_in_a_row = 0
+        self._loss_finite = True  # every loss since the last optimiser step was finite (a bool tensor once set)
 
     # ----- the forward pieces -------------------------------------------------------------------
     def _policy_units(self, model: nn.Module, hidden: Tensor, batch: dict) -> tuple[Tensor, Tensor]:
@@ -379,6 +419,7 @@ class PaWModule(L.LightningModule):
             loss = loss + wm_term
             logs |= wm_logs
         logs["loss/total"] = loss
+        self._loss_finite = torch.isfinite(loss.detach()) & self._loss_finite  # read at the optimiser step (no sync here)
         size = len(batch["chosen"])
         self.log_dict(logs, on_step=True, on_epoch=True, batch_size=size)
         self.log_dict(self._rollout_metrics, on_step=False, on_epoch=True, batch_size=size)
@@ -427,6 +468,39 @@ class PaWModule(L.LightningModule):
             groups.append({"params": value_params, "lr": hp.value_lr if hp.value_lr is not None else hp.lr})
         return torch.optim.AdamW(groups, lr=hp.lr, weight_decay=hp.weight_decay)
 
+    def configure_gradient_clipping(self, optimizer, gradient_clip_val=None, gradient_clip_algorithm=None) -> None:
+        """Lightning's clipping hook (after backward, before every optimiser step) guards the step: with a
+        non-finite loss or gradient norm the gradients are dropped, so the optimiser leaves the weights and
+        its state untouched; otherwise the gradient is clipped to ``grad_clip``. Logs the pre-clip norm."""
+        hp = self.hparams
+        params = [p for group in optimizer.param_groups for p in group["params"] if p.grad is not None]
+        norm = clip_and_norm(self.trainer.strategy, params, hp.grad_clip)
+        bad = not bool(torch.isfinite(norm) & self._loss_finite)
+        skip = self.trainer.strategy.reduce_boolean_decision(bad, all=False)  # every rank skips together
+        self._loss_finite = True
+        if skip:
+            for p in params:
+                p.grad = None  # torch optimisers pass over parameters without a gradient: no update, no state change
+            self.skipped_steps += 1
+            self._skipped_in_a_row += 1
+        else:
+            self._skipped_in_a_row = 0
+        self.log_dict({"train/grad_norm": norm.float(), "train/skipped_steps": float(self.skipped_steps)}, on_step=True)
+        if self._skipped_in_a_row >= hp.max_skipped_steps:
+            raise NonFiniteTrainingError(
+                f"{self._skipped_in_a_row} optimiser steps in a row had a non-finite loss or gradient "
+                f"({self.skipped_steps} skipped in all); the weights stay those of the last good step and no checkpoint "
+                f"was written with them. Lower model.lr (now {hp.lr:g}), keep model.grad_clip on (now {hp.grad_clip:g}), "
+                "or train in float32; then resume from the last checkpoint."
+            )
+
+    def setup(self, stage: str) -> None:
+        if self._trainer is not None and self.trainer.gradient_clip_val is not None:
+            raise ValueError(
+                f"trainer.gradient_clip_val={self.trainer.gradient_clip_val} is not used: set model.grad_clip instead "
+                "(PaWModule clips, and skips non-finite steps, in Lightning's clipping hook)"
+            )
+
     def on_fit_start(self) -> None:
         # a resumed run (on_load_checkpoint ran before this) continues its clock
         self._clock_origin = time.perf_counter() - self.elapsed_s
@@ -440,12 +514,21 @@ class PaWModule(L.LightningModule):
 
     # ----- checkpoints --------------------------------------------------------------------------
     def on_save_checkpoint(self, checkpoint: dict) -> None:
+        bad = [k for k, v in checkpoint["state_dict"].items() if torch.is_floating_point(v) and not torch.isfinite(v).all()]
+        if bad:
+            raise NonFiniteTrainingError(
+                f"refusing to save a checkpoint with non-finite weights ({len(bad)} tensors, e.g. {bad[0]}); the "
+                f"previous checkpoints are kept. Lower model.lr (now {self.hparams.lr:g}) or keep model.grad_clip on, "
+                "then resume from the last checkpoint."
+            )
         checkpoint["paw_elapsed_s"] = self.elapsed_s
+        checkpoint["paw_skipped_steps"] = self.skipped_steps
         if self.hparams.model_name == TINY:
             checkpoint["paw_tokenizer_json"] = self.tokenizer.backend_tokenizer.to_str()
 
     def on_load_checkpoint(self, checkpoint: dict) -> None:
         self.elapsed_s = float(checkpoint.get("paw_elapsed_s", 0.0))
+        self.skipped_steps = int(checkpoint.get("paw_skipped_steps", 0))
         saved = checkpoint.get("paw_tokenizer_json")
         if saved is not None and saved != self.tokenizer.backend_tokenizer.to_str():
             from paw_lightning.models import build_tiny_tokenizer
