@@ -39,6 +39,7 @@ def rollout_metrics(rollout: Rollout) -> dict[str, float]:
         "rollout/env_steps": float(rollout.env_steps),
         "rollout/wall_s": float(rollout.wall_s),
         "rollout/env_restarts": float(sum(e.env_restarts for e in rollout.episodes)),
+        "rollout/env_timeouts": float(sum(e.env_timeouts for e in rollout.episodes)),
     }
     if rollout.wm_selected is not None and len(rollout):
         metrics["paw/selected_frac"] = rollout.wm_selected.float().mean().item()

@@ -168,14 +168,14 @@ def test_validation_on_held_out_games_during_fit_and_from_a_checkpoint(tmp_path,
     assert "val/success_rate/coin_collector" in val_rows[0]
     ckpt = tmp_path / "runs/csv/version_0/checkpoints/last.ckpt"
     cli = main(["validate", "--config", str(ROOT / "configs/quickstart.yaml"), *SMALL[1:], small_env(coin_pool_kwargs), *val,
-                f"--ckpt_path={ckpt}"])
+                f"--ckpt_path={ckpt}", "--data.env_workers=0"])  # in-process envs, to inspect them below
     assert cli.trainer.callback_metrics["val/count"].item() == 3.0
     from paw_lightning.envs.textworld import TextWorldGamePool
 
     kw = dict(coin_pool_kwargs)
     pool = TextWorldGamePool(kw.pop("challenge"), kw.pop("settings"), **kw)
     cli.datamodule.setup("validate")  # validate() tore its envs down; build them again to inspect
-    played = {env.unwrapped.games[i] for env in cli.datamodule.val_collector.envs for i in range(len(env.unwrapped.games))}
+    played = {env.unwrapped.games[i] for env in cli.datamodule.val_collector.envs.envs for i in range(len(env.unwrapped.games))}
     assert played == set(pool.files("eval", progress=False))  # held-out games only
 
 

@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import functools
 import inspect
+import os
 from typing import Any, Literal
 
 import gymnasium as gym
@@ -31,12 +32,16 @@ from paw_lightning.rollout.engines import EngineName, HFEngine, RolloutEngine, r
 from paw_lightning.rollout.vllm_engine import LoraSync
 from paw_lightning.rollout.batch import minibatches
 from paw_lightning.rollout.collector import Collector
+from paw_lightning.rollout.env_workers import make_text_env  # noqa: F401 - importable from here as before
 from paw_lightning.rollout.prompts import PromptBuilder, resolve_template
+from paw_lightning.rollout.stopping import GracefulStop
 
 
-def make_text_env(env_id: str, env_kwargs: dict[str, Any]) -> gym.Env:
-    """``gymnasium.make`` without the passive checker (text envs are checked against our own contract)."""
-    return gym.make(env_id, disable_env_checker=True, **env_kwargs)
+def usable_cores() -> int:
+    """CPU cores this process may run on (its affinity mask where the OS has one, else ``os.cpu_count()``)."""
+    if hasattr(os, "sched_getaffinity"):
+        return len(os.sched_getaffinity(0))
+    return os.cpu_count() or 1
 
 
 def check_data_options(**options) -> None:
@@ -62,6 +67,10 @@ def check_data_options(**options) -> None:
         raise ValueError(f"vllm_gpu_memory_utilization must be in (0, 1], got {o['vllm_gpu_memory_utilization']}")
     if o["vllm_max_model_len"] is not None and not o["vllm_max_model_len"] >= 1:
         raise ValueError(f"vllm_max_model_len must be >= 1, got {o['vllm_max_model_len']}")
+    if o["env_workers"] is not None and not o["env_workers"] >= 0:
+        raise ValueError(f"env_workers must be >= 0 (0 = envs in this process) or null (one per core), got {o['env_workers']}")
+    if not o["env_timeout_s"] > 0:
+        raise ValueError(f"env_timeout_s must be > 0, got {o['env_timeout_s']}")
     resolve_engine(o["engine"], o["actor"])  # engine: vllm without vLLM installed fails here
 
 
@@ -92,7 +101,9 @@ class RolloutStream(IterableDataset):
         module = dm.trainer.lightning_module
         rollout = dm.collect(dm.engine_for(module), module.tokenizer)
         module.on_rollout(rollout)  # the module owns the rest: score, rollout callbacks, record
-        yield from minibatches(rollout, dm.hparams.ppo_epochs, dm.hparams.mini_batch_size, module.tokenizer.pad_token_id, dm.rng)
+        for batch in minibatches(rollout, dm.hparams.ppo_epochs, dm.hparams.mini_batch_size, module.tokenizer.pad_token_id, dm.rng):
+            dm.stop.check()  # a stop signal during the update ends the run at this batch boundary
+            yield batch
 
 
 class ValidationStream(IterableDataset):
@@ -137,6 +148,10 @@ class RolloutDataModule(L.LightningDataModule):
         val_env_kwargs: updates ``env_kwargs`` for the validation envs (TextWorld: ``{split: eval}``).
         val_temperature: sampling temperature of validation (the paper: 0.4; 0 = greedy).
         val_seed: validation task i is reset with seed ``val_seed + i`` (the same tasks every time).
+        env_workers: worker processes that run the envs, each with a share of them (default: one per CPU
+            core, at most one per env; 0 = in the trainer's process, without deadlines, for debugging).
+        env_timeout_s: deadline of every env reset, step and build in a worker; an env that misses it is
+            killed with its worker and rebuilt, and its episode ends as truncated.
         engine: what runs the actor's forward passes: ``hf`` (the live training model), ``vllm`` (a
             vLLM engine in this process, synced once per iteration) or ``auto`` (vLLM for the generate
             actor when it is installed; HF for the score actor, whose packed scoring was faster here).
@@ -174,6 +189,8 @@ class RolloutDataModule(L.LightningDataModule):
         val_env_kwargs: dict[str, Any] | None = None,
         val_temperature: float = 0.4,
         val_seed: int = 1_000_000,
+        env_workers: int | None = None,
+        env_timeout_s: float = 60.0,
         engine: EngineName = "auto",
         vllm_dtype: Literal["bfloat16", "float16", "float32"] = "bfloat16",
         vllm_max_model_len: int | None = None,
@@ -193,11 +210,13 @@ class RolloutDataModule(L.LightningDataModule):
         self.val_collector: Collector | None = None
         self.engine: RolloutEngine | None = None
         self._synced_step: int | None = None  # the trainer step whose weights the engine serves
+        self.stop = GracefulStop()
 
     def _collector(self, env_kwargs: dict, num_groups: int, group_size: int, temperature: float) -> Collector:
         hp = self.hparams
         return Collector(
-            make_env=functools.partial(make_text_env, hp.env_id, env_kwargs),
+            # the spec, not the id: a worker process builds the env without the registration of this one
+            make_env=functools.partial(make_text_env, gym.spec(hp.env_id), env_kwargs),
             num_groups=num_groups,
             group_size=group_size,
             max_steps=hp.max_steps,
@@ -206,10 +225,15 @@ class RolloutDataModule(L.LightningDataModule):
             actor=make_actor(hp.actor, temperature, hp.max_new_tokens, hp.response_prefix),
             invalid_action_penalty=hp.invalid_action_penalty,
             max_obs_tokens=hp.max_obs_tokens,
+            env_workers=usable_cores() if hp.env_workers is None else hp.env_workers,
+            env_timeout_s=hp.env_timeout_s,
+            stop=self.stop,
         )
 
     def setup(self, stage: str) -> None:
         hp = self.hparams
+        if stage == "fit" and self.trainer is not None:
+            self.stop.install()  # SIGTERM / Ctrl-C stop the fit within seconds, even mid-rollout
         if stage == "fit" and self.collector is None:
             self.collector = self._collector(dict(hp.env_kwargs or {}), hp.num_groups, hp.group_size, hp.temperature)
         if hp.val_episodes > 0 and stage in ("fit", "validate") and self.val_collector is None:
@@ -224,6 +248,11 @@ class RolloutDataModule(L.LightningDataModule):
         if self.engine is not None:
             self.engine.close()
         self.engine, self._synced_step = None, None
+        self.stop.uninstall()
+
+    def on_exception(self, exception: BaseException) -> None:
+        """A stopped or failed run: close the envs and their workers (Lightning skips ``teardown`` then)."""
+        self.teardown("fit")
 
     def engine_for(self, module: L.LightningModule) -> RolloutEngine:
         """The rollout engine, built on first use and synced with the module's weights whenever the

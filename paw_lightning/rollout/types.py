@@ -49,7 +49,8 @@ class Episode:
     length: int = 0
     won: bool = False
     valid_actions: int = 0
-    env_restarts: int = 0
+    env_restarts: int = 0  # times its env was rebuilt (raised, timed out or lost its worker; resets included)
+    env_timeouts: int = 0  # env calls that missed the deadline
 
 
 @dataclass
