@@ -75,3 +75,20 @@ def test_rollout_benchmark_smoke_run(tmp_path):
     assert all(r["env_steps"] > 0 and r["s_per_rollout"] > 0 for r in rows)
     assert all(r["raw_vllm_s"] > 0 and math.isfinite(r["engine_over_raw"]) for r in rows if r["engine"] == "vllm")
     assert all(r["valid_action_ratio"] == 1.0 for r in rows if r["actor"] == "score")
+
+
+@pytest.mark.slow
+def test_env_workers_benchmark_smoke_run(tmp_path, alfworld_data):
+    out = tmp_path / "env_workers.json"
+    env = json.dumps({"data_dir": str(alfworld_data), "generate": None})
+    done = subprocess.run(
+        [sys.executable, str(ROOT / "benchmarks/env_workers.py"), "--workers", "0,1", "--rollouts", "1", "--num_groups", "1",
+         "--group_size", "2", "--max_steps", "2", "--env_kwargs", env, "--out", str(out)],
+        check=True, cwd=tmp_path, capture_output=True, text=True, timeout=600,
+    )
+    run = json.loads(out.read_text())["runs"][0]
+    assert [s["env_workers"] for s in run["settings"]] == [0, 1]
+    assert all(s["same_rollouts_as_first_setting"] and s["env_steps"] > 0 for s in run["settings"])
+    assert run["raw_env"]["env_steps"] == run["settings"][0]["env_steps"]  # the replay took the same steps
+    assert run["raw_env"]["in_process_collector_over_raw_env"] > 0
+    assert done.stdout.strip().splitlines()[-1].startswith("| ")  # the README table row

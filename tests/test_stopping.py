@@ -133,12 +133,13 @@ def test_sigterm_stops_paw_fit_mid_rollout_within_seconds(tmp_path):
 
 
 def episode_rows(run_dir: Path) -> dict[int, dict[str, str]]:
-    """Per iteration, the metrics that do not measure time."""
+    """Per iteration, the metrics that do not measure time (a run's CSV has a column for every metric it
+    ever logged: empty cells are left out)."""
     rows = {}
     for row in csv.DictReader(open(run_dir / "metrics.csv")):
         if row.get("episode/success_rate"):
-            rows[int(row["epoch"])] = {k: v for k, v in row.items()
-                                       if not k.startswith("perf/") and k not in ("rollout/wall_s", "rollout/env_steps_per_s")}
+            rows[int(row["epoch"])] = {k: v for k, v in row.items() if v and not k.startswith("perf/")
+                                       and k not in ("rollout/wall_s", "rollout/env_steps_per_s")}
     return rows
 
 

@@ -35,6 +35,10 @@ class GracefulStop:
         self._previous: dict[int, object] = {}  # the handlers we replaced, while installed
         self._forward: dict[int, object] = {}  # the same, after uninstall
 
+    def __getstate__(self) -> dict:
+        # handlers belong to this process; a copy (a spawned DDP rank) starts uninstalled
+        return {"signal_name": None, "_depth": 0, "_previous": {}, "_forward": {}}
+
     @property
     def installed(self) -> bool:
         return bool(self._previous)
