@@ -45,6 +45,14 @@ DEFAULT_GENERATION_TIMEOUT_S = 60.0
 STATUS_LINE = re.compile(r"^>.*$", re.MULTILINE)
 
 
+def interpreter_command(action: str) -> str:
+    """The command as TextWorld's game interpreter may read it: printable ASCII on one line, without
+    backslashes. Its frotz reads a backslash as the start of an interpreter command (a command starting
+    with one hangs, "thing\\None" segfaults), echoes non-ASCII text back in pieces that do not decode, and
+    hangs or segfaults on NUL and \\x0e-\\x15."""
+    return " ".join("".join(c for c in action if " " <= c <= "~" and c != "\\" or c.isspace()).split())
+
+
 def clean_feedback(text: str) -> str:
     """The game's answer without the interpreter's prompt/status lines, whitespace tidied."""
     return tidy_text(STATUS_LINE.sub("", text))
@@ -330,7 +338,7 @@ class TextWorldEnv(gym.Env):
     def step(self, action: str):
         if self._engine is None:
             raise RuntimeError("call reset() before step()")
-        state, score, done = self._engine.step(action)
+        state, score, done = self._engine.step(interpreter_command(action))
         won = bool(state["won"])
         reward = self.win_reward if won else 0.0
         if self.reward_mode == "score":

@@ -6,7 +6,7 @@ import textworld
 
 import paw_lightning.envs  # noqa: F401
 from paw_lightning.envs.base import check_text_env_step
-from paw_lightning.envs.textworld import TextWorldEnv, TextWorldGamePool, clean_feedback
+from paw_lightning.envs.textworld import TextWorldEnv, TextWorldGamePool, clean_feedback, interpreter_command
 from paw_lightning.rollout.prompts import MAX_ACTION_CHARS
 
 
@@ -125,8 +125,8 @@ def test_engine_cache_is_bounded_and_replays_correctly(pool):
     env.close()
 
 
-# Played in a child process: TextWorld's interpreter hangs on a lone NUL and segfaults on "take \x00 coin",
-# which would take pytest down with it; here such a bug fails the test instead.
+# Played in a child process: TextWorld's interpreter hangs on a lone NUL or a leading backslash and segfaults
+# on "take \x00 coin" or "thing\\None", which would take pytest down with it; here it fails the test instead.
 HOSTILE_CHILD = r"""
 import json, sys
 import torch
@@ -152,6 +152,13 @@ assert all(len(s) <= MAX_ACTION_CHARS and s.isprintable() for s in sent), sent
 print(json.dumps({"sent": sent, "valid": [t.valid for t in rollout.transitions], "restarts": collector.env_restarts}))
 """
 
+def test_interpreter_command_keeps_printable_ascii_without_backslashes():
+    assert interpreter_command("take \x00 coin") == "take coin"
+    assert interpreter_command("thing\\None tell") == "thingNone tell" and interpreter_command("\\N") == "N"
+    assert interpreter_command("caf\u00e9\ufffd \tgo\x0e\x15  east\n") == "caf go east"
+    assert interpreter_command("go east: #1 (\"the 'red' door\")?") == "go east: #1 (\"the 'red' door\")?"
+
+
 HOSTILE_RESPONSES = [  # (model text, what the env must get, valid)
     ("<action>\x0eGo\x00 WEST\x15</action>", "go west", True),  # the admissible spelling is sent
     ("<action>take \x00 coin</action>", "take coin", False),
@@ -161,6 +168,9 @@ HOSTILE_RESPONSES = [  # (model text, what the env must get, valid)
     ("<action><action>take coin</action></action>", "<action>take coin", False),
     (" " * 100_000 + "<action>\tinventory\x00</action>", "inventory", True),
     ("\x00\x0e\x15\x85\x9b" * 1000, "", False),
+    ("<action>nextything\\None tell</action>", "nextything\\None tell", False),  # frotz: a backslash escape
+    ("\\N", "\\N", False),  # a command that starts with a backslash hangs frotz
+    ("<action>" + "a\ufffd" * 98 + "</action>", "a\ufffd" * 98, False),  # its echo did not decode
 ]
 
 
@@ -186,9 +196,10 @@ def test_hostile_model_output_never_crashes_a_textworld_env(pool, tiny, tmp_path
     assert len(result["sent"]) == 2 * n  # two envs played every step (the scripted answers go round-robin)
     for j, (sent, valid) in enumerate(zip(result["sent"], result["valid"])):
         _, expected, expected_valid = HOSTILE_RESPONSES[j % n]
-        if j % n == 0 and j > 0:  # "go west" is admissible at the start only; later it is sent as written
-            expected, expected_valid = "Go WEST", False
-        assert (sent, valid) == (expected, expected_valid), j
+        if j % n == 0 and j > 0:  # admissible at the start; later, where it is not, it is sent as written
+            assert (sent, valid) in (("go west", True), ("Go WEST", False)), j
+        else:
+            assert (sent, valid) == (expected, expected_valid), j
 
 
 def test_games_are_generated_in_a_child_process_within_the_time_limit(tmp_path):
