@@ -154,7 +154,7 @@ class RolloutDataModule(L.LightningDataModule):
             killed with its worker and rebuilt, and its episode ends as truncated.
         engine: what runs the actor's forward passes: ``hf`` (the live training model), ``vllm`` (a
             vLLM engine in this process, synced once per iteration) or ``auto`` (vLLM for the generate
-            actor when it is installed; HF for the score actor, whose packed scoring was faster here).
+            actor when it is installed; HF for the score actor, whose exact log-probs the trainer reuses).
         vllm_dtype: the vLLM engine's weights dtype (bfloat16 is the fast one; float32 matches the trainer).
         vllm_max_model_len: longest prompt + response vLLM serves (default: max_prompt_tokens + max_new_tokens + 64).
         vllm_kv_cache_gib: CPU: memory for vLLM's KV cache.
