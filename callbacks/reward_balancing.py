@@ -4,8 +4,9 @@ lambda_g = clamp(1 - mean return of group g / r_max, 0, 1): groups that fail eve
 world-model signal; groups that already succeed leave the update to the RL loss.
 
 A group is the episodes of one task seed. When every group holds a single episode (``group_size: 1``,
-as PPO may run), one episode says little about how hard its task is, so the whole rollout is then
-treated as one group.
+as PPO may run), one episode says little about how hard its task is, so the whole update (with
+several processes: every process's episodes) is then treated as one group. Otherwise a group lives on
+one process, and so does its lambda_g.
 """
 
 from __future__ import annotations
@@ -14,6 +15,7 @@ import lightning as L
 import torch
 
 from paw_lightning.callbacks.base import RolloutCallback
+from paw_lightning.distributed import Ranks, gather_varlen
 from paw_lightning.selection import check_r_max, reward_adaptive_lambda
 
 
@@ -33,7 +35,8 @@ class RewardAdaptiveBalancing(RolloutCallback):
         group_ids = rollout.group_ids
         num_groups = rollout.num_groups
         if len(groups) and torch.bincount(groups).max() <= 1:
-            groups, group_ids, num_groups = torch.zeros_like(groups), torch.zeros_like(group_ids), 1
+            returns = torch.cat(gather_varlen(returns, Ranks.of(trainer)))
+            groups, group_ids, num_groups = torch.zeros_like(returns, dtype=torch.long), torch.zeros_like(group_ids), 1
         lam = reward_adaptive_lambda(returns, groups, num_groups, self.r_max)  # (G,)
         rollout.wm_weight = rollout.wm_weight * lam[group_ids]
         rollout.metrics["paw/lambda_mean"] = lam.mean().item()

@@ -157,22 +157,32 @@ def rloo_advantages(episode_returns: Tensor, episode_group: Tensor, num_groups: 
     return torch.where(n > 1, returns - others, returns).to(torch.float32)
 
 
-def whiten(values: Tensor, eps: float = 1e-6) -> Tensor:
-    """(values - mean) / (std + eps) over the whole tensor; 0 for fewer than two elements."""
-    if values.numel() < 2:
+def whiten(values: Tensor, eps: float = 1e-6, population: Tensor | None = None) -> Tensor:
+    """(values - mean) / (std + eps), with the mean and unbiased std of ``population`` (default: the
+    values themselves; with several processes, every process's values); 0 when the population has
+    fewer than two elements."""
+    population = values if population is None else population
+    if population.numel() < 2:
         return torch.zeros_like(values)
-    return (values - values.mean()) / (values.std() + eps)
+    return (values - population.mean()) / (population.std() + eps)
+
+
+def reinforce_pp_returns(
+    episode_returns: Tensor, episode_group: Tensor, num_groups: int, episode: Tensor, group_baseline: bool = False
+) -> Tensor:
+    """(N,) REINFORCE++ before whitening: each transition's episode return, minus its group mean when
+    ``group_baseline``."""
+    values = episode_returns.to(torch.float32)
+    if group_baseline:
+        values = grpo_advantages(values, episode_group, num_groups, normalize_std=False)
+    return values[episode]
 
 
 def reinforce_pp_advantages(
     episode_returns: Tensor, episode_group: Tensor, num_groups: int, episode: Tensor, group_baseline: bool = False
 ) -> Tensor:
-    """(N,) REINFORCE++: each transition's episode return (minus its group mean when ``group_baseline``),
-    whitened over all transitions of the batch."""
-    values = episode_returns.to(torch.float32)
-    if group_baseline:
-        values = grpo_advantages(values, episode_group, num_groups, normalize_std=False)
-    return whiten(values[episode])
+    """(N,) REINFORCE++: ``reinforce_pp_returns`` whitened over all transitions of the batch."""
+    return whiten(reinforce_pp_returns(episode_returns, episode_group, num_groups, episode, group_baseline))
 
 
 def gae_advantages(

@@ -131,6 +131,8 @@ def cli_main(args=None) -> PaWCLI:
     # The frozen reference policy is in eval mode on purpose; Lightning's warning about it is noise.
     warnings.filterwarnings("ignore", message=".*module\\(s\\) in eval mode.*")
     warnings.filterwarnings("ignore", message=".*isinstance\\(treespec, LeafSpec\\).*")
+    # With several processes the rollout and episode metrics are already global (paw_lightning/distributed.py).
+    warnings.filterwarnings("ignore", message=".*when logging on epoch level in distributed setting.*")
     return PaWCLI(
         PaWModule,
         RolloutDataModule,

@@ -3,16 +3,18 @@
 from __future__ import annotations
 
 from collections import defaultdict
+from collections.abc import Sequence
 
 import torch
 from torchmetrics import MeanMetric
 
-from paw_lightning.rollout.types import Rollout
+from paw_lightning.rollout.types import Episode, Rollout
 
 
-def episode_metrics(rollout: Rollout) -> dict[str, float]:
-    """Success rate and episode count (overall and per task type), return, length and valid-action ratio."""
-    episodes = rollout.episodes
+def episode_metrics(rollout: Rollout | Sequence[Episode]) -> dict[str, float]:
+    """Success rate and episode count (overall and per task type), return, length and valid-action ratio,
+    of a rollout's episodes (or of any list of episodes, e.g. every process's)."""
+    episodes = rollout.episodes if isinstance(rollout, Rollout) else list(rollout)
     if not episodes:
         return {}
     steps = sum(e.length for e in episodes)
@@ -48,8 +50,47 @@ def rollout_metrics(rollout: Rollout) -> dict[str, float]:
     return metrics
 
 
+# How the rollout metrics of several processes combine (see ``combine_rank_metrics``); any other key: the
+# mean over the ranks that report it.
+SUMMED = ("rollout/env_steps", "rollout/env_restarts", "gigpo/anchor_groups", "gigpo/multi_step_groups")
+PER_TRANSITION = ("paw/selected_frac", "paw/action_entropy", "gigpo/step_adv_abs")  # weighted by transitions
+
+
+def combine_rank_metrics(per_rank: Sequence[dict[str, float]], episodes: Sequence[Episode]) -> dict[str, float]:
+    """One set of rollout metrics from every process's (rank order): the ``episode/`` metrics recomputed
+    over all ranks' ``episodes``; counts summed; per-transition means weighted by each rank's
+    ``rollout/env_steps``; ``rollout/wall_s`` the slowest rank's, and ``rollout/env_steps_per_s`` all
+    env steps over it; any other metric the mean over the ranks that report it."""
+    steps = [m.get("rollout/env_steps", 0.0) for m in per_rank]
+    out: dict[str, float] = {}
+    keys = [k for m in per_rank for k in m if not k.startswith("episode/")]
+    for key in dict.fromkeys(keys):
+        reported = [(m[key], w) for m, w in zip(per_rank, steps) if key in m]
+        values = [v for v, _ in reported]
+        if key in SUMMED:
+            out[key] = float(sum(values))
+        elif key == "rollout/wall_s":
+            out[key] = float(max(values))
+        elif key in PER_TRANSITION:
+            total = sum(w for _, w in reported)
+            out[key] = float(sum(v * w for v, w in reported) / total) if total else float(sum(values) / len(values))
+        else:
+            out[key] = float(sum(values) / len(values))
+    if "rollout/wall_s" in out:
+        out["rollout/env_steps_per_s"] = sum(steps) / max(out["rollout/wall_s"], 1e-9)
+    return episode_metrics(episodes) | out
+
+
 class TokenMean(MeanMetric):
-    """A mean over tokens (weighted by token count), so small and large mini-batches count fairly."""
+    """A mean over tokens (weighted by token count), so small and large mini-batches count fairly.
+
+    With several processes each one logs its own mean (rank 0's is written): a rank logs the world-model
+    metrics only in steps that have world-model rows, so a cross-process sync when the epoch ends could
+    wait for a rank that never logged.
+    """
+
+    def __init__(self, **kwargs) -> None:
+        super().__init__(**({"sync_on_compute": False} | kwargs))
 
     def forward_tokens(self, values: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
         """Accumulate the masked values and return this batch's token mean (Lightning logs the metric)."""

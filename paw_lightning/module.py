@@ -25,12 +25,12 @@ from paw_lightning.advantages import (
     gae_advantages,
     gigpo_advantages,
     grpo_advantages,
-    reinforce_pp_advantages,
+    reinforce_pp_returns,
     rloo_advantages,
-    whiten,
 )
 from paw_lightning.callbacks.base import RolloutCallback
 from paw_lightning.choices import check_choices
+from paw_lightning.distributed import Ranks, fsdp_defaults, global_whiten
 from paw_lightning.logprobs import (
     DEFAULT_CHUNK,
     candidate_policy,
@@ -50,7 +50,7 @@ from paw_lightning.losses import (
     masked_mean,
 )
 from paw_lightning.errors import NonFiniteTrainingError
-from paw_lightning.metrics import TokenMean, episode_metrics, rollout_metrics
+from paw_lightning.metrics import TokenMean, combine_rank_metrics, episode_metrics, rollout_metrics
 from paw_lightning.models import TINY, DType, Quantize, check_model_options, check_model_source, load_model, trunk_and_head
 from paw_lightning.rollout.batch import SCORE, collate, prompt_end, unit_mask
 from paw_lightning.rollout.types import Rollout
@@ -58,6 +58,7 @@ from paw_lightning.selection import derangement
 
 WorldModel = Literal["shared", "head"]
 WMTarget = Literal["next_obs", "shuffled"]
+NO_SHARE = {"rl": 1.0, "value": 1.0, "wm": 1.0}  # one process: every loss term as it is
 
 
 def engine_logprob_gap(rollout: Rollout) -> float | None:
@@ -319,8 +320,9 @@ class PaWModule(L.LightningModule):
             return grpo_advantages(returns, groups, rollout.num_groups, hp.grpo_normalize_std)[episode]
         if hp.advantage == "rloo":
             return rloo_advantages(returns, groups, rollout.num_groups)[episode]
-        if hp.advantage in ("reinforce_pp", "reinforce_pp_baseline"):
-            return reinforce_pp_advantages(returns, groups, rollout.num_groups, episode, hp.advantage == "reinforce_pp_baseline")
+        if hp.advantage in ("reinforce_pp", "reinforce_pp_baseline"):  # whitened over every process's transitions
+            values = reinforce_pp_returns(returns, groups, rollout.num_groups, episode, hp.advantage == "reinforce_pp_baseline")
+            return global_whiten(values, self.ranks)
         if hp.advantage == "gigpo":
             anchors = anchor_groups([t.observation for t in rollout.transitions], rollout.group_ids, hp.gigpo_similarity)
             advantages, _, step_part = gigpo_advantages(
@@ -333,11 +335,11 @@ class PaWModule(L.LightningModule):
             rollout.metrics["gigpo/multi_step_groups"] = float((sizes > 1).sum())
             rollout.metrics["gigpo/step_adv_abs"] = step_part.abs().mean().item()
             return advantages
-        # ppo: GAE from the critic, whitened over the rollout
+        # ppo: GAE from the critic, whitened over the rollout (every process's)
         advantages, targets = gae_advantages(rollout.rewards, rollout.old_values, episode, rollout.steps, hp.gamma, hp.gae_lambda)
         rollout.value_targets = targets
         rollout.metrics["ppo/explained_variance"] = explained_variance(rollout.old_values, targets).item()
-        return whiten(advantages)
+        return global_whiten(advantages, self.ranks)
 
     def _score_pass(self, rollout: Rollout, policy: bool, reference: bool, values: bool) -> dict[str, list[Tensor]]:
         """No-grad unit log-probs and entropies (policy and/or reference) and critic values per transition."""
@@ -373,9 +375,19 @@ class PaWModule(L.LightningModule):
         state = hidden[rows, prompt_end(batch)]
         return self.value_head(state.to(self.value_head.weight.dtype)).squeeze(-1)
 
+    @property
+    def ranks(self) -> Ranks:
+        """The training processes (one without a trainer or with a single device)."""
+        return Ranks.of(self._trainer)
+
     def record_rollout(self, rollout: Rollout) -> None:
-        """Keep the rollout's episode and PaW metrics; training_step logs them for this epoch."""
+        """Keep the rollout's episode and PaW metrics (with several processes: over every process's
+        episodes and transitions); training_step logs them for this epoch."""
         metrics = episode_metrics(rollout) | rollout_metrics(rollout) | rollout.metrics
+        ranks = self.ranks
+        if ranks.distributed:
+            gathered = ranks.all_gather_object((metrics, rollout.episodes))
+            metrics = combine_rank_metrics([m for m, _ in gathered], [e for _, eps in gathered for e in eps])
         datamodule = getattr(self.trainer, "datamodule", None) if self._trainer is not None else None
         if datamodule is not None:
             metrics["rollout/total_env_steps"] = float(datamodule.total_env_steps)
@@ -401,6 +413,9 @@ class PaWModule(L.LightningModule):
             logp, batch["old_logprobs"], batch["advantages"], mask, hp.clip_eps
         )
         entropy_mean = masked_mean(entropy, mask)
+        # With several processes each term is scaled by this rank's share of the step's global counts
+        # (distributed.balanced_minibatches): DDP's gradient mean is then the global token-mean's.
+        share = batch.get("loss_scale", NO_SHARE)
         loss = policy_loss - hp.entropy_coef * entropy_mean
         logs = {"loss/policy": policy_loss, "loss/entropy": entropy_mean, "loss/clip_frac": clip_frac,
                 "loss/approx_kl": approx_kl}
@@ -408,16 +423,17 @@ class PaWModule(L.LightningModule):
             kl = low_var_kl(logp, batch["ref_logprobs"], mask)
             loss = loss + hp.kl_coef * kl
             logs["loss/kl"] = kl
+        loss = loss * share["rl"]
         if self.value_head is not None:
             values = self._values(hidden, batch).float()
             value_loss = clipped_value_loss(values, batch["old_values"], batch["value_targets"], hp.value_clip)
-            loss = loss + hp.value_coef * value_loss
+            loss = loss + hp.value_coef * value_loss * share["value"]
             logs["loss/value"] = value_loss
             logs["loss/explained_variance"] = explained_variance(values.detach(), batch["value_targets"]).nan_to_num(0.0)
         weight = batch["wm_weight"] * batch["wm_selected"].float()  # (B,)
         if weight.sum() > 0:
             wm_term, wm_logs = self._world_model_loss(hidden, lm_head, batch, weight)
-            loss = loss + wm_term
+            loss = loss + wm_term * share["wm"]
             logs |= wm_logs
         logs["loss/total"] = loss
         self._loss_finite = torch.isfinite(loss.detach()) & self._loss_finite  # read at the optimiser step (no sync here)
@@ -429,11 +445,16 @@ class PaWModule(L.LightningModule):
         return loss
 
     def validation_step(self, rollout: Rollout, batch_idx: int) -> None:
-        """Log the held-out episodes' success (overall and per task type), return, length, validity."""
-        metrics = {k.replace("episode/", "val/", 1): v for k, v in episode_metrics(rollout).items()}
-        self.log_dict(metrics, batch_size=len(rollout.episodes))
+        """Log the held-out episodes' success (overall and per task type), return, length, validity;
+        with several processes, over every process's share of the validation episodes."""
+        episodes = rollout.episodes
+        ranks = self.ranks
+        if ranks.distributed:
+            episodes = [e for part in ranks.all_gather_object(episodes) for e in part]
+        metrics = {k.replace("episode/", "val/", 1): v for k, v in episode_metrics(episodes).items()}
+        self.log_dict(metrics, batch_size=len(episodes))
         if "val/success_rate" in metrics:
-            self.log("val_success", metrics["val/success_rate"], prog_bar=True, logger=False, batch_size=len(rollout.episodes))
+            self.log("val_success", metrics["val/success_rate"], prog_bar=True, logger=False, batch_size=len(episodes))
 
     def _world_model_loss(self, hidden: Tensor, lm_head: nn.Module, batch: dict, weight: Tensor) -> tuple[Tensor, dict]:
         """Weighted mean of the per-transition WM loss over the selected transitions, and its metrics."""
@@ -502,6 +523,10 @@ class PaWModule(L.LightningModule):
                 f"trainer.gradient_clip_val={self.trainer.gradient_clip_val} is not used: set model.grad_clip instead "
                 "(PaWModule clips, and skips non-finite steps, in Lightning's clipping hook)"
             )
+        if self._trainer is not None:
+            # FSDP: what this module needs, before the strategy wraps it. With LoRA the model stays one FSDP
+            # unit: per-layer units trip a torch FSDP assertion on PEFT models with tied embeddings.
+            fsdp_defaults(self.trainer.strategy, per_layer=not self.uses_lora)
 
     def on_fit_start(self) -> None:
         # a resumed run (on_load_checkpoint ran before this) continues its clock

@@ -9,6 +9,10 @@ is the number of iterations. Nothing here reaches into the module beyond those t
 Validation (``val_episodes > 0``) plays the same held-out tasks every time (seeds ``val_seed + i``,
 one episode each, envs built with ``env_kwargs`` updated by ``val_env_kwargs``, e.g. the TextWorld
 eval split) at ``val_temperature``, and the module logs their success under ``val/``.
+
+With several processes (DDP, FSDP) every process plays ``num_groups`` groups and a consecutive share
+of the validation episodes, and all of them run the same number of optimisation steps (see
+paw_lightning/distributed.py).
 """
 
 from __future__ import annotations
@@ -27,10 +31,11 @@ from torch.utils.data import DataLoader, IterableDataset
 
 import paw_lightning.envs  # noqa: F401 - registers the paw/ env ids
 from paw_lightning.choices import check_choices
+from paw_lightning.distributed import Ranks, balanced_minibatches, full_params, sum_over_ranks
 from paw_lightning.rollout.actors import Actor, make_actor
 from paw_lightning.rollout.engines import EngineName, HFEngine, RolloutEngine, resolve_engine
 from paw_lightning.rollout.vllm_engine import LoraSync
-from paw_lightning.rollout.batch import minibatches
+from paw_lightning.rollout.batch import minibatches, training_batch
 from paw_lightning.rollout.collector import Collector
 from paw_lightning.rollout.env_workers import make_text_env  # noqa: F401 - importable from here as before
 from paw_lightning.rollout.prompts import PromptBuilder, resolve_template
@@ -99,9 +104,17 @@ class RolloutStream(IterableDataset):
     def __iter__(self):
         dm = self.datamodule
         module = dm.trainer.lightning_module
-        rollout = dm.collect(dm.engine_for(module), module.tokenizer)
-        module.on_rollout(rollout)  # the module owns the rest: score, rollout callbacks, record
-        for batch in minibatches(rollout, dm.hparams.ppo_epochs, dm.hparams.mini_batch_size, module.tokenizer.pad_token_id, dm.rng):
+        with full_params(dm.trainer):  # FSDP: every weight here while the rollout and scoring run
+            rollout = dm.collect(dm.engine_for(module), module.tokenizer)
+            module.on_rollout(rollout)  # the module owns the rest: score, rollout callbacks, record
+        hp, pad_id, ranks = dm.hparams, module.tokenizer.pad_token_id, Ranks.of(dm.trainer)
+        if not ranks.distributed:
+            batches = minibatches(rollout, hp.ppo_epochs, hp.mini_batch_size, pad_id, dm.rng)
+        else:
+            # every rank draws the same number here, so the shared RNG stays in step across ranks
+            shuffle = np.random.default_rng([int(dm.rng.integers(0, 2**31 - 1)), ranks.rank])
+            batches = balanced_minibatches(rollout, hp.ppo_epochs, hp.mini_batch_size, pad_id, shuffle, ranks, training_batch)
+        for batch in batches:
             dm.stop.check()  # a stop signal during the update ends the run at this batch boundary
             yield batch
 
@@ -114,7 +127,9 @@ class ValidationStream(IterableDataset):
 
     def __iter__(self):
         module = self.datamodule.trainer.lightning_module
-        yield self.datamodule.validate(self.datamodule.engine_for(module), module.tokenizer)
+        with full_params(self.datamodule.trainer):
+            rollout = self.datamodule.validate(self.datamodule.engine_for(module), module.tokenizer)
+        yield rollout
 
 
 class RolloutDataModule(L.LightningDataModule):
@@ -123,7 +138,7 @@ class RolloutDataModule(L.LightningDataModule):
     Args:
         env_id: a registered Gymnasium id that follows the text-env contract (``paw/TextWorld-v0``, or yours).
         env_kwargs: keyword arguments for ``gymnasium.make(env_id, ...)``, e.g. the game pool.
-        num_groups: groups per rollout; each group plays one seed (task).
+        num_groups: groups per rollout and process; each group plays one seed (task).
         group_size: episodes per group, all reset with the group's seed (GRPO's group).
         max_steps: steps per episode before it is truncated.
         actor: ``score`` (rank admissible commands) or ``generate`` (free text with ``<action>`` tags).
@@ -142,9 +157,9 @@ class RolloutDataModule(L.LightningDataModule):
             prefix + response, and the prefix is part of the prompt, not of the trained action.
         ppo_epochs: passes over each rollout.
         mini_batch_size: transitions per optimisation step.
-        seed: seeds the task draws of every rollout and the mini-batch shuffling.
+        seed: seeds the task draws of every rollout and the mini-batch shuffling (the same on every process).
         progress: show the rollout progress bar (episodes, env steps).
-        val_episodes: held-out episodes per validation (0 = no validation).
+        val_episodes: held-out episodes per validation (0 = no validation), split over the processes.
         val_env_kwargs: updates ``env_kwargs`` for the validation envs (TextWorld: ``{split: eval}``).
         val_temperature: sampling temperature of validation (the paper: 0.4; 0 = greedy).
         val_seed: validation task i is reset with seed ``val_seed + i`` (the same tasks every time).
@@ -154,7 +169,8 @@ class RolloutDataModule(L.LightningDataModule):
             killed with its worker and rebuilt, and its episode ends as truncated.
         engine: what runs the actor's forward passes: ``hf`` (the live training model), ``vllm`` (a
             vLLM engine in this process, synced once per iteration) or ``auto`` (vLLM for the generate
-            actor when it is installed; HF for the score actor, whose exact log-probs the trainer reuses).
+            actor when it is installed; HF for the score actor, whose exact log-probs the trainer reuses,
+            and with several processes, where vLLM is not supported).
         vllm_dtype: the vLLM engine's weights dtype (bfloat16 is the fast one; float32 matches the trainer).
         vllm_max_model_len: longest prompt + response vLLM serves (default: max_prompt_tokens + max_new_tokens + 64).
         vllm_kv_cache_gib: CPU: memory for vLLM's KV cache.
@@ -230,15 +246,33 @@ class RolloutDataModule(L.LightningDataModule):
             stop=self.stop,
         )
 
+    @property
+    def ranks(self) -> Ranks:
+        """The training processes (one without a trainer)."""
+        return Ranks.of(self.trainer)
+
+    def val_indices(self) -> list[int]:
+        """The validation episodes this process plays: a consecutive share of ``range(val_episodes)``."""
+        ranks = self.ranks
+        return [int(i) for i in np.array_split(np.arange(self.hparams.val_episodes), ranks.world_size)[ranks.rank]]
+
     def setup(self, stage: str) -> None:
         hp = self.hparams
         if stage == "fit" and self.trainer is not None:
             self.stop.install()  # SIGTERM / Ctrl-C stop the fit within seconds, even mid-rollout
+        ranks = self.ranks
+        if ranks.distributed:  # data.engine: vllm fails here, before compute
+            resolve_engine(hp.engine, hp.actor, ranks.world_size)
+        if hp.val_episodes and hp.val_episodes < ranks.world_size:
+            raise ValueError(
+                f"data.val_episodes ({hp.val_episodes}) must be at least the number of processes ({ranks.world_size}): "
+                "each process plays a share of them; raise it or set it to 0"
+            )
         if stage == "fit" and self.collector is None:
             self.collector = self._collector(dict(hp.env_kwargs or {}), hp.num_groups, hp.group_size, hp.temperature)
         if hp.val_episodes > 0 and stage in ("fit", "validate") and self.val_collector is None:
             val_kwargs = dict(hp.env_kwargs or {}) | dict(hp.val_env_kwargs or {})
-            self.val_collector = self._collector(val_kwargs, hp.val_episodes, 1, hp.val_temperature)
+            self.val_collector = self._collector(val_kwargs, len(self.val_indices()), 1, hp.val_temperature)
 
     def teardown(self, stage: str) -> None:
         for collector in (self.collector, self.val_collector):
@@ -266,7 +300,7 @@ class RolloutDataModule(L.LightningDataModule):
 
     def _build_engine(self, module: L.LightningModule) -> RolloutEngine:
         hp = self.hparams
-        if resolve_engine(hp.engine, hp.actor) == "hf":
+        if resolve_engine(hp.engine, hp.actor, self.ranks.world_size) == "hf":
             return HFEngine(module.model, module.tokenizer)
         from paw_lightning.models import serving_folder
         from paw_lightning.rollout.vllm_engine import VLLMEngine, VLLMSettings, resolve_lora_sync
@@ -294,27 +328,40 @@ class RolloutDataModule(L.LightningDataModule):
         mode, without gradients)."""
         if self.collector is None:
             self.setup("fit")
-        seeds = self.rng.integers(0, 2**31 - 1, size=self.hparams.num_groups)
-        sampling_seed = int(self.rng.integers(0, 2**31 - 1))
-        rank = self.trainer.global_rank if self.trainer is not None else 0
-        if rank:  # every rank draws the same numbers; fold the rank in so that ranks play different tasks
-            seeds = np.random.default_rng([int(s) for s in seeds] + [rank]).integers(0, 2**31 - 1, size=len(seeds))
-            sampling_seed = int(np.random.default_rng([sampling_seed, rank]).integers(0, 2**31 - 1))
-        seeds = [int(s) for s in seeds]
+        ranks = self.ranks
+        seeds, sampling_seed = self.draw_seeds(ranks.rank, ranks.world_size)
         generator = torch.Generator().manual_seed(sampling_seed)
-        rollout = self.collector.collect(policy, tokenizer, seeds, generator, self.iteration, self.hparams.progress)
+        progress = self.hparams.progress and ranks.rank == 0
+        rollout = self.collector.collect(policy, tokenizer, seeds, generator, self.iteration, progress)
         self.iteration += 1
-        self.total_env_steps += rollout.env_steps
-        self.total_episodes += len(rollout.episodes)
+        env_steps, episodes = sum_over_ranks([rollout.env_steps, len(rollout.episodes)], ranks)
+        self.total_env_steps += int(env_steps)
+        self.total_episodes += int(episodes)
         return rollout
+
+    def draw_seeds(self, rank: int = 0, world_size: int = 1) -> tuple[list[int], int]:
+        """This process's task seeds (one per group) and sampling seed for the next rollout.
+
+        Every process draws ``world_size x num_groups`` seeds from the same RNG and plays its own
+        consecutive slice of them, so the processes' tasks never overlap more than one process's would,
+        N processes play the tasks of one process with N x num_groups groups, and the RNG stays in step
+        across processes (a checkpoint's RNG state resumes every one of them)."""
+        num_groups = self.hparams.num_groups
+        seeds = self.rng.integers(0, 2**31 - 1, size=num_groups * world_size)[rank * num_groups : (rank + 1) * num_groups]
+        sampling_seed = int(self.rng.integers(0, 2**31 - 1))
+        if rank:  # each rank samples its own actions
+            sampling_seed = int(np.random.default_rng([sampling_seed, rank]).integers(0, 2**31 - 1))
+        return [int(s) for s in seeds], sampling_seed
 
     def validate(self, policy, tokenizer):
         """Play the held-out validation tasks once with the given policy (an engine or a model)."""
         if self.val_collector is None:
             self.setup("validate")
-        seeds = [self.hparams.val_seed + i for i in range(self.hparams.val_episodes)]
-        generator = torch.Generator().manual_seed(self.hparams.val_seed)
-        return self.val_collector.collect(policy, tokenizer, seeds, generator, progress=self.hparams.progress)
+        indices = self.val_indices()
+        seeds = [self.hparams.val_seed + i for i in indices]
+        generator = torch.Generator().manual_seed(self.hparams.val_seed + indices[0])
+        progress = self.hparams.progress and self.ranks.rank == 0
+        return self.val_collector.collect(policy, tokenizer, seeds, generator, progress=progress)
 
     def train_dataloader(self) -> DataLoader:
         return DataLoader(RolloutStream(self), batch_size=None, num_workers=0)

@@ -194,11 +194,20 @@ def vllm_available() -> bool:
     return importlib.util.find_spec("vllm") is not None
 
 
-def resolve_engine(engine: str, actor: str) -> str:
+def resolve_engine(engine: str, actor: str, world_size: int = 1) -> str:
     """The backend that ``engine`` names for this actor: ``auto`` is vLLM for the generate actor when
     it is installed, and the HF engine for the score actor (its log-probs are the trainer's own and are
     reused; vLLM scored only 1.2x faster here and then needs the trainer's own scoring pass, see
-    benchmarks/README.md) or when vLLM is missing."""
+    benchmarks/README.md), when vLLM is missing, or with several training processes."""
+    if world_size > 1:
+        # The in-process vLLM engine sets up its own one-process torch.distributed group, which cannot
+        # live beside the process group of Lightning's DDP/FSDP.
+        if engine == "vllm":
+            raise ValueError(
+                f"data.engine: vllm runs inside one training process and cannot run under {world_size} "
+                "processes (DDP/FSDP); use data.engine: hf (or auto) with several devices"
+            )
+        return "hf"
     if engine == "auto":
         return "vllm" if actor == "generate" and vllm_available() else "hf"
     if engine == "vllm" and not vllm_available():

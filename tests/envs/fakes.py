@@ -6,10 +6,13 @@ die on demand.
 also work in env worker processes: exceptions in ``step``/``reset`` with a seeded probability, resets
 that fail for given seeds, one hang and one hard death (SIGKILL of its own process) per run. Every
 injected fault is one line in ``fault_log``, so a test can match the collector's counters against it.
+For the DDP tests, ``RankCorridorEnv``'s outcome depends on the training process, and ``EpisodeDump``
+writes each rollout's episodes.
 """
 
 from __future__ import annotations
 
+import json
 import os
 import random
 import signal
@@ -17,6 +20,7 @@ import time
 
 import gymnasium as gym
 
+from paw_lightning.callbacks.base import RolloutCallback
 from paw_lightning.envs.base import text_space
 
 CRASHES = {"left": 0}  # how many more step() calls should raise, shared by every instance (in-process)
@@ -149,3 +153,48 @@ class BuildsOnlyIn:
 for _id, _entry in (("paw-test/Corridor-v0", CorridorEnv), ("paw-test/FaultyCorridor-v0", FaultyCorridorEnv)):
     if _id not in gym.registry:
         gym.register(id=_id, entry_point=_entry)
+
+
+class RankCorridorEnv(gym.Env):
+    """For several training processes: on rank 0 every episode wins at its first step; on any other rank
+    no episode ever wins, so it runs to ``max_steps``. The processes' rollouts then differ in size and
+    the success rate over all of them is known (the rank is read from ``LOCAL_RANK``, which Lightning
+    sets for each process it launches)."""
+
+    def __init__(self) -> None:
+        self.observation_space = text_space()
+        self.action_space = text_space()
+        self.rank = int(os.environ.get("LOCAL_RANK", "0"))
+        self.seed_used = None
+        self.steps = 0
+
+    def _info(self, won=False):
+        return {"task": f"corridor {self.seed_used}", "admissible_commands": ["go", "wait"], "won": won, "task_type": "corridor"}
+
+    def reset(self, *, seed=None, options=None):
+        super().reset(seed=seed)
+        self.seed_used, self.steps = seed, 0
+        return f"You stand in corridor {seed}.", self._info()
+
+    def step(self, action: str):
+        self.steps += 1
+        won = self.rank == 0
+        return f"Step {self.steps} after {action.strip()}.", 10.0 if won else 0.0, won, False, self._info(won)
+
+
+class EpisodeDump(RolloutCallback):
+    """Writes each rollout's episodes (won, length) to ``<dirpath>/rank<r>-iteration<i>.json``, so that a
+    test can compare the logged metrics with every process's episodes."""
+
+    def __init__(self, dirpath: str) -> None:
+        self.dirpath = dirpath
+
+    def on_rollout_end(self, trainer, pl_module, rollout) -> None:
+        path = os.path.join(self.dirpath, f"rank{trainer.global_rank}-iteration{rollout.iteration}.json")
+        with open(path, "w") as f:
+            json.dump({"won": [e.won for e in rollout.episodes], "length": [e.length for e in rollout.episodes],
+                       "transitions": len(rollout)}, f)
+
+
+if "paw-test/RankCorridor-v0" not in gym.registry:
+    gym.register(id="paw-test/RankCorridor-v0", entry_point=RankCorridorEnv)
