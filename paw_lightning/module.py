@@ -435,6 +435,9 @@ class PaWModule(L.LightningModule):
             wm_term, wm_logs = self._world_model_loss(hidden, lm_head, batch, weight)
             loss = loss + wm_term * share["wm"]
             logs |= wm_logs
+        elif self.wm_head is not None and self.ranks.distributed:
+            # DDP waits for a gradient of every trainable weight on every rank: the WM head gets a zero one
+            loss = loss + 0.0 * sum(p.sum() for p in self.wm_head.parameters())
         logs["loss/total"] = loss
         self._loss_finite = torch.isfinite(loss.detach()) & self._loss_finite  # read at the optimiser step (no sync here)
         size = len(batch["chosen"])

@@ -263,6 +263,8 @@ def two_rank_args(dump: Path, *extra: str) -> list[str]:
         "--data.env_id=paw-test/RankCorridor-v0", "--data.env_kwargs={}", "--data.val_env_kwargs={}", "--data.val_episodes=2",
         "--data.engine=hf", "--data.num_groups=2", "--data.group_size=2", "--data.max_steps=4", "--data.mini_batch_size=3",
         "--data.progress=false", "--trainer.callbacks+=tests.envs.fakes.EpisodeDump", f"--trainer.callbacks.dirpath={dump}",
+        # a separate WM head: rank 0's groups all win (lambda 0, no WM row), and DDP still needs its gradient
+        "--model.world_model=head",
         *extra,
     ]
 
