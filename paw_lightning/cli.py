@@ -143,6 +143,15 @@ def cli_main(args=None) -> PaWCLI:
     )
 
 
+def error_line(err: BaseException) -> str:
+    """The error's message on one line. jsonargparse reports a class that failed to build (a callback with a
+    bad ratio) as a list of "Errors:" for every type it tried; the first one is the class's own."""
+    text = str(err)
+    if "\nErrors:\n" in text:
+        text = text.split("\nErrors:\n", 1)[1].strip().splitlines()[0].removeprefix("- ") or text
+    return " ".join(text.split())
+
+
 def main(args=None) -> None:
     """The ``paw`` console script: user errors print as one line, anything else with its traceback."""
     try:
@@ -150,7 +159,7 @@ def main(args=None) -> None:
     except Exception as err:
         if not is_user_error(err):
             raise
-        print(f"paw: error: {' '.join(str(err).split())}", file=sys.stderr)
+        print(f"paw: error: {error_line(err)}", file=sys.stderr)
         raise SystemExit(getattr(err, "exit_code", 2)) from None
 
 

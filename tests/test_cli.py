@@ -237,6 +237,17 @@ def test_config_errors_are_one_line_before_the_model_loads(tmp_path, monkeypatch
     assert len(err) == 1 and err[0].startswith("paw: error: ") and message in err[0]
 
 
+def test_a_bad_callback_option_is_its_own_one_line_error(tmp_path, monkeypatch, capsys):
+    monkeypatch.chdir(tmp_path)
+    no_model_loads(monkeypatch)
+    (tmp_path / "bad.yaml").write_text("trainer:\n  callbacks:\n    - class_path: paw_lightning.callbacks.RewardAdaptiveBalancing\n"
+                                       "      init_args:\n        r_max: -1\n")
+    with pytest.raises(SystemExit) as exit_info:
+        paw(["fit", "--config", str(ROOT / "configs/quickstart.yaml"), "--config", str(tmp_path / "bad.yaml")])
+    err = capsys.readouterr().err.strip().splitlines()
+    assert exit_info.value.code == 2 and len(err) == 1 and err[0] == "paw: error: r_max (the maximum episode return) must be > 0, got -1.0"
+
+
 def test_missing_alfworld_data_and_offline_model_are_one_line_before_the_model_loads(tmp_path, monkeypatch, capsys):
     import importlib.util
 
