@@ -177,9 +177,9 @@ HOSTILE_RESPONSES = [  # (model text, what the env must get, valid)
 def test_hostile_model_output_never_crashes_a_textworld_env(pool, tiny, tmp_path):
     """NUL, control bytes, 100k characters and nested tags, through the generate actor into TextWorld."""
     import json
+    import os
     import subprocess
     import sys
-    from pathlib import Path
 
     _, tokenizer = tiny
     (tmp_path / "tokenizer.json").write_text(tokenizer.backend_tokenizer.to_str())
@@ -187,8 +187,9 @@ def test_hostile_model_output_never_crashes_a_textworld_env(pool, tiny, tmp_path
             "responses": [text for text, _, _ in HOSTILE_RESPONSES]}
     (tmp_path / "args.json").write_text(json.dumps(args))
     root = Path(__file__).resolve().parents[2]
-    child = subprocess.run([sys.executable, "-c", HOSTILE_CHILD, str(tmp_path / "args.json")], cwd=root, capture_output=True,
-                           text=True, timeout=300)
+    # run in tmp_path: frotz turns some escape sequences into files named after the input (a transcript)
+    child = subprocess.run([sys.executable, "-c", HOSTILE_CHILD, str(tmp_path / "args.json")], cwd=tmp_path,
+                           env=dict(os.environ, PYTHONPATH=str(root)), capture_output=True, text=True, timeout=300)
     assert child.returncode == 0, f"exit code {child.returncode}\n{child.stderr[-3000:]}"
     result = json.loads(child.stdout.strip().splitlines()[-1])
     assert result["restarts"] == 0  # no env raised either
