@@ -97,17 +97,13 @@ def test_score_actor_samples_from_the_candidate_softmax(tiny):
 
 
 def test_ranks_play_different_tasks_from_the_same_seed():
-    from types import SimpleNamespace
-
     from paw_lightning.rollout.datamodule import RolloutDataModule
 
     seeds = {}
-    for rank in (0, 1):
+    for rank in (0, 1):  # each process has its own DataModule, seeded alike
         dm = RolloutDataModule(env_id="paw-test/Corridor-v0", num_groups=3, group_size=1, max_steps=1, progress=False)
-        dm.trainer = SimpleNamespace(global_rank=rank)
-        dm.collector = SimpleNamespace(collect=lambda model, tok, s, gen, it, prog, rank=rank: seeds.setdefault(rank, s) and SimpleNamespace(env_steps=0, episodes=[]))
-        dm.collect(torch.nn.Linear(1, 1), None)
-    assert len(seeds[0]) == len(seeds[1]) == 3 and seeds[0] != seeds[1]
+        seeds[rank], _ = dm.draw_seeds(rank, world_size=2)
+    assert len(seeds[0]) == len(seeds[1]) == 3 and not set(seeds[0]) & set(seeds[1])
 
 
 def test_collect_runs_the_policy_in_eval_mode_and_restores_the_mode(tiny):
