@@ -86,6 +86,7 @@ def main(argv: list[str] | None = None) -> dict:
     parser.add_argument("--num_groups", type=int, default=4, help="groups per process (the quickstart: 4)")
     parser.add_argument("--same_update", action="store_true", help="also run N processes with num_groups / N groups each")
     parser.add_argument("--cpus", type=int, default=os.cpu_count() or 1, help="CPU threads to split over the processes")
+    parser.add_argument("--threads", type=int, default=None, help="threads per process (default: cpus / processes)")
     parser.add_argument("--timeout", type=int, default=1800, help="seconds before a run counts as hung")
     parser.add_argument("--out", default=str(ROOT / "benchmarks/results_ddp.json"), help="JSON file the report is appended to")
     parser.add_argument("extra", nargs="*", help="more `paw fit` options, after --")
@@ -103,7 +104,7 @@ def main(argv: list[str] | None = None) -> dict:
         "runs": [],
     }
     for n, groups in plan:
-        threads = max(1, args.cpus // n)
+        threads = args.threads or max(1, args.cpus // n)
         fit = run_fit(n, groups, args.iterations, threads, args.extra, args.timeout)
         report["runs"].append(summarise(n, groups, threads, fit))
         print(json.dumps(report["runs"][-1]), flush=True)
