@@ -42,6 +42,7 @@ import gymnasium as gym
 from paw_lightning.envs.base import check_info
 
 log = logging.getLogger(__name__)
+WORKER_STARTUP_S = 30.0  # extra time a new worker gets to start Python and import before its first env is due
 
 WORKER_COMMAND = "from paw_lightning.rollout.env_workers import worker_main; worker_main()"
 
@@ -321,9 +322,10 @@ class EnvWorkers:
     def _build_problem(self, w: int) -> str | None:
         """Why worker ``w`` could not build its envs, or None once it has."""
         conn = self._conns[w]
-        for _ in self.members[w]:
-            if not conn.poll(self.timeout_s):
-                return f"an env worker did not build its env within env_timeout_s={self.timeout_s:g} s"
+        for k, _ in enumerate(self.members[w]):
+            # the first env also waits for the worker's interpreter to start and import (seconds on a busy machine)
+            if not conn.poll(self.timeout_s + (WORKER_STARTUP_S if k == 0 else 0.0)):
+                return f"an env worker did not build its env within env_timeout_s={self.timeout_s:g} s (+{WORKER_STARTUP_S:g} s to start)"
             try:
                 tag, _, message = conn.recv()
             except (EOFError, OSError):
