@@ -1,14 +1,15 @@
 """Rollout env steps per second with 0, 1, 2... env workers, and the collector's overhead over raw env steps.
 
 The rollout of a config (by default the ALFWorld tiny config: 16 envs, 15 steps, the tiny model with the
-score actor) is collected ``--rollouts`` times with each worker count, back to back, on the same task
-seeds and sampling seeds, so every setting plays exactly the same steps (the script checks that). Then
-the same resets and actions are replayed on raw envs in this process, without prompts or a model: the
+score actor) is collected ``--rollouts`` times with each worker count, on the same task seeds and
+sampling seeds, so every setting plays exactly the same steps (the script checks that); the settings
+take turns rollout by rollout, so that a shared machine's changing load hits them alike. After each
+in-process rollout its resets and actions are replayed on raw envs, without prompts or a model: the
 env's own cost, against which the collector's overhead is measured.
 
     python benchmarks/env_workers.py                                   # configs/alfworld_tiny.yaml, 0,1,2 workers
     python benchmarks/env_workers.py --workers 0,2 --rollouts 5
-Results are printed as JSON (plus the README table row) and merged into benchmarks/env_workers.json.
+Results are printed as JSON (plus the README table row) and merged into --out (default benchmarks/results.json).
 """
 
 from __future__ import annotations
@@ -18,6 +19,7 @@ import functools
 import json
 import os
 import platform
+import sys
 import time
 from datetime import datetime, timezone
 from pathlib import Path
@@ -26,6 +28,9 @@ import gymnasium as gym
 import numpy as np
 import torch
 import yaml
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from update_step import append_report  # noqa: E402 - a sibling script
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -50,28 +55,20 @@ def rollout_record(rollout) -> list[tuple]:
     return [(t.episode_id, t.step, t.action_text, t.reward, t.next_obs, t.done) for t in rollout.transitions]
 
 
-def replay_raw(make_env, rollouts, group_size: int) -> tuple[float, int]:
-    """Seconds and env calls to replay the rollouts' resets and actions on raw envs in this process."""
-    num_envs = len(rollouts[0].episodes)
-    envs = [make_env() for _ in range(num_envs)]
-    seconds, steps = 0.0, 0
-    try:
-        for rollout in rollouts:
-            actions: dict[int, list[str]] = {}
-            for t in sorted(rollout.transitions, key=lambda t: (t.episode_id, t.step)):
-                actions.setdefault(t.episode_id, []).append(t.action_text)
-            start = time.perf_counter()
-            for episode in rollout.episodes:  # as the collector: resets, then steps (env by env here)
-                envs[episode.episode_id].reset(seed=episode.seed)
-            for episode in rollout.episodes:
-                for action in actions.get(episode.episode_id, []):
-                    envs[episode.episode_id].step(action)
-                    steps += 1
-            seconds += time.perf_counter() - start
-    finally:
-        for env in envs:
-            env.close()
-    return seconds, steps
+def replay_raw(envs, rollout) -> tuple[float, int]:
+    """Seconds and env steps to replay one rollout's resets and actions on raw envs in this process."""
+    actions: dict[int, list[str]] = {}
+    for t in sorted(rollout.transitions, key=lambda t: (t.episode_id, t.step)):
+        actions.setdefault(t.episode_id, []).append(t.action_text)
+    steps = 0
+    start = time.perf_counter()
+    for episode in rollout.episodes:  # as the collector: every reset first, then the steps (env by env here)
+        envs[episode.episode_id].reset(seed=episode.seed)
+    for episode in rollout.episodes:
+        for action in actions.get(episode.episode_id, []):
+            envs[episode.episode_id].step(action)
+            steps += 1
+    return time.perf_counter() - start, steps
 
 
 def main() -> None:
@@ -86,7 +83,7 @@ def main() -> None:
     parser.add_argument("--env_kwargs", type=json.loads, default={}, help="JSON dict merged into data.env_kwargs")
     parser.add_argument("--timeout_s", type=float, default=60.0, help="env_timeout_s of the workers")
     parser.add_argument("--torch_threads", type=int, default=0, help="torch threads of the actor (0 = torch's default)")
-    parser.add_argument("--out", default=str(Path(__file__).with_name("env_workers.json")))
+    parser.add_argument("--out", default=str(Path(__file__).with_name("results.json")))
     args = parser.parse_args()
 
     import paw_lightning.envs  # noqa: F401 - registers the env ids
@@ -118,31 +115,46 @@ def main() -> None:
     warm.close()
     load_before = os.getloadavg()
 
-    settings, reference, zero_worker_rollouts = [], None, None
-    for workers in [int(w) for w in args.workers.split(",")]:
-        actor = TimedActor(make_actor("score", data.get("temperature", 1.0), 0))
-        start = time.perf_counter()
-        collector = Collector(make_env, data["num_groups"], data["group_size"], data["max_steps"], prompts, actor,
-                              data.get("invalid_action_penalty", 0.1), env_workers=workers, env_timeout_s=args.timeout_s)
-        startup_s = time.perf_counter() - start
-        try:
-            rollouts = [collector.collect(model, tokenizer, seeds, torch.Generator().manual_seed(sampling), k, progress=False)
-                        for k, (seeds, sampling) in enumerate(plan)]
-        finally:
+    # Every setting plays rollout k before any plays rollout k + 1 (and the raw replay follows the in-process
+    # rollout), so that the shared machine's load drifts over all of them alike.
+    counts = [int(w) for w in args.workers.split(",")]
+    actors = {w: TimedActor(make_actor("score", data.get("temperature", 1.0), 0)) for w in counts}
+    collectors, startup = {}, {}
+    raw_envs = [make_env() for _ in range(data["num_groups"] * data["group_size"])]
+    rollouts = {w: [] for w in counts}
+    raw_s, raw_steps = [], []
+    try:
+        for w in counts:
+            start = time.perf_counter()
+            collectors[w] = Collector(make_env, data["num_groups"], data["group_size"], data["max_steps"], prompts, actors[w],
+                                      data.get("invalid_action_penalty", 0.1), env_workers=w, env_timeout_s=args.timeout_s)
+            startup[w] = time.perf_counter() - start
+        for k, (seeds, sampling) in enumerate(plan):
+            for w in counts:
+                rollout = collectors[w].collect(model, tokenizer, seeds, torch.Generator().manual_seed(sampling), k, progress=False)
+                rollouts[w].append(rollout)
+                if w == counts[0]:
+                    seconds, steps = replay_raw(raw_envs, rollout)
+                    raw_s.append(seconds)
+                    raw_steps.append(steps)
+    finally:
+        for collector in collectors.values():
             collector.close()
-        record = [rollout_record(r) for r in rollouts]
-        if reference is None:
-            reference = record
-        if workers == 0:
-            zero_worker_rollouts = rollouts
-        wall = sum(r.wall_s for r in rollouts)
-        steps = sum(r.env_steps for r in rollouts)
+        for env in raw_envs:
+            env.close()
+
+    reference = [rollout_record(r) for r in rollouts[counts[0]]]
+    settings = []
+    for w in counts:
+        wall = sum(r.wall_s for r in rollouts[w])
+        steps = sum(r.env_steps for r in rollouts[w])
         settings.append({
-            "env_workers": workers, "startup_s": round(startup_s, 2), "env_steps": steps, "rollout_s": round(wall, 2),
-            "env_steps_per_s": round(steps / wall, 2), "actor_s": round(actor.seconds, 2),
-            "env_phase_s": round(wall - actor.seconds, 2),  # the rollout without the actor: env calls, prompts, bookkeeping
-            "env_restarts": collector.env_restarts, "env_timeouts": collector.env_timeouts,
-            "same_rollouts_as_first_setting": record == reference,
+            "env_workers": w, "startup_s": round(startup[w], 2), "env_steps": steps, "rollout_s": round(wall, 2),
+            "env_steps_per_s": round(steps / wall, 2), "actor_s": round(actors[w].seconds, 2),
+            "env_phase_s": round(wall - actors[w].seconds, 2),  # the rollout without the actor: env calls, prompts, bookkeeping
+            "rollout_s_each": [round(r.wall_s, 2) for r in rollouts[w]],
+            "env_restarts": collectors[w].env_restarts, "env_timeouts": collectors[w].env_timeouts,
+            "same_rollouts_as_first_setting": [rollout_record(r) for r in rollouts[w]] == reference,
         })
     base = next((s for s in settings if s["env_workers"] == 0), settings[0])
     for s in settings:
@@ -157,11 +169,10 @@ def main() -> None:
         "load_avg_1min_before": round(load_before[0], 2), "load_avg_1min_after": round(os.getloadavg()[0], 2),
         "settings": settings,
     }
-    if zero_worker_rollouts is not None:
-        raw_s, raw_steps = replay_raw(make_env, zero_worker_rollouts, data["group_size"])
+    if base["env_workers"] == 0:
         report["raw_env"] = {
-            "seconds": round(raw_s, 2), "env_steps": raw_steps, "env_steps_per_s": round(raw_steps / raw_s, 2),
-            "in_process_collector_over_raw_env": round(base["rollout_s"] / raw_s, 2),
+            "seconds": round(sum(raw_s), 2), "env_steps": sum(raw_steps), "env_steps_per_s": round(sum(raw_steps) / sum(raw_s), 2),
+            "in_process_collector_over_raw_env": round(base["rollout_s"] / sum(raw_s), 2),
             "actor_share_of_in_process_rollout": round(base["actor_s"] / base["rollout_s"], 3),
             # Amdahl: the actor stays in the trainer, only the rest splits over the workers
             "best_2_worker_speedup_given_the_actor_share": round(base["rollout_s"] / (base["actor_s"] + base["env_phase_s"] / 2), 2),
@@ -176,10 +187,7 @@ def main() -> None:
     print(f"| {report['date'][:10]} | {report['config']} | {report['cpus']} | {report['torch_threads']} | " + " | ".join(cells)
           + f" | {speedup} | {raw.get('env_steps_per_s', '')} | {raw.get('in_process_collector_over_raw_env', '')} | {share} |"
           + f" {report['load_avg_1min_before']} / {report['load_avg_1min_after']} |")
-    out = Path(args.out)
-    merged = json.loads(out.read_text()) if out.exists() else {"runs": []}
-    merged["runs"].append(report)
-    out.write_text(json.dumps(merged, indent=2) + "\n")
+    append_report({"env_workers": report}, args.out)
 
 
 if __name__ == "__main__":

@@ -79,14 +79,14 @@ def test_rollout_benchmark_smoke_run(tmp_path):
 
 @pytest.mark.slow
 def test_env_workers_benchmark_smoke_run(tmp_path, alfworld_data):
-    out = tmp_path / "env_workers.json"
+    out = tmp_path / "results.json"
     env = json.dumps({"data_dir": str(alfworld_data), "generate": None})
     done = subprocess.run(
         [sys.executable, str(ROOT / "benchmarks/env_workers.py"), "--workers", "0,1", "--rollouts", "1", "--num_groups", "1",
          "--group_size", "2", "--max_steps", "2", "--env_kwargs", env, "--out", str(out)],
         check=True, cwd=tmp_path, capture_output=True, text=True, timeout=600,
     )
-    run = json.loads(out.read_text())["runs"][0]
+    run = json.loads(out.read_text())["runs"][0]["env_workers"]
     assert [s["env_workers"] for s in run["settings"]] == [0, 1]
     assert all(s["same_rollouts_as_first_setting"] and s["env_steps"] > 0 for s in run["settings"])
     assert run["raw_env"]["env_steps"] == run["settings"][0]["env_steps"]  # the replay took the same steps
