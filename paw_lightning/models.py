@@ -298,7 +298,8 @@ def merged_state_dict(model: nn.Module) -> dict[str, torch.Tensor]:
         merged[f"{name}.weight"] = weight
         if getattr(layer, "bias", None) is not None:
             merged[f"{name}.bias"] = layer.bias.detach()
+    prefixes = tuple(handled)
     for key, value in base.state_dict().items():
-        if not key.startswith(tuple(handled)):
+        if not key.startswith(prefixes):
             merged[key] = value.detach()
     return merged
