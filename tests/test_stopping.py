@@ -95,9 +95,18 @@ def interrupt_mid_rollout(run_dir: Path, step_log: Path, sig: int, *extra: str) 
 
 
 def test_graceful_stop_raises_only_inside_a_rollout():
+    # an in-process vLLM (earlier tests) leaves its own SIGINT handler: start from Python's default
+    found_int = signal.signal(signal.SIGINT, signal.default_int_handler)
+    try:
+        check_graceful_stop_in_this_process()
+    finally:
+        signal.signal(signal.SIGINT, found_int)
+
+
+def check_graceful_stop_in_this_process():
     stop = GracefulStop()
     previous = signal.getsignal(signal.SIGTERM)
-    previous_int = signal.getsignal(signal.SIGINT)  # not always Python's default: an in-process vLLM sets its own
+    previous_int = signal.getsignal(signal.SIGINT)
     stop.install()
     try:
         os.kill(os.getpid(), signal.SIGTERM)  # outside a rollout: only noted
