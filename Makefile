@@ -5,7 +5,7 @@ VENV ?= .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.paw-installed
 
-.PHONY: train train-grpo train-smollm2 train-alfworld experiments experiments-alfworld test install clean
+.PHONY: train train-grpo train-smollm2 train-alfworld experiments experiments-alfworld experiments-smollm2 test install clean
 
 install: $(STAMP)
 
@@ -42,6 +42,9 @@ experiments: $(STAMP)
 
 experiments-alfworld: $(STAMP)
 	$(BIN)/python -m paw_lightning.experiments notebooks/alfworld_matrix.yaml
+
+experiments-smollm2: $(STAMP)
+	$(BIN)/python -m paw_lightning.experiments notebooks/smollm2_matrix.yaml
 
 test: $(STAMP)
 	$(BIN)/python -m pytest -q

@@ -74,14 +74,16 @@ def final_table(rows: list[dict], eval_last: int = 3, train_last: int = 5) -> li
             entry[name + "_std"] = statistics.pstdev(values) if len(values) > 1 else 0.0
             entry["seeds"] = len(values) if name == "eval_success" else entry.get("seeds", len(values))
         entry["eval_per_seed"] = per_seed_final(rows, arm, "eval_success", eval_last)
+        entry["eval_rule"], entry["train_rule"] = eval_last, train_last
         table.append(entry)
     return table
 
 
 def markdown_table(table: list[dict]) -> str:
     """The final table as Markdown (mean +- std over seeds)."""
-    lines = ["| arm | seeds | held-out success (mean of last 3 validations) | per seed | held-out, last validation | "
-             "training success (last 5 iterations) | wall time per run |", "|---|---|---|---|---|---|---|"]
+    eval_last, train_last = (table[0]["eval_rule"], table[0]["train_rule"]) if table else (3, 5)
+    lines = [f"| arm | seeds | held-out success (mean of last {eval_last} validations) | per seed | held-out, last validation | "
+             f"training success (last {train_last} iterations) | wall time per run |", "|---|---|---|---|---|---|---|"]
     for e in table:
         per_seed = ", ".join(f"{v:.3f}" for v in e["eval_per_seed"].values())
         lines.append(f"| {e['arm']} | {e['seeds']} | {e['eval_success']:.3f} +- {e['eval_success_std']:.3f} | {per_seed} | "

@@ -17,7 +17,10 @@ Each (arm, seed) runs ``paw fit --config base <args> <arm args>`` with ``seed_ev
 ``done`` file and is skipped next time; an interrupted one resumes from its ``last.ckpt``. The CSV has one
 row per (arm, seed, iteration)::
 
-    python -m paw_lightning.experiments notebooks/textworld_matrix.yaml [--dry-run] [--only ARM ...] [--collect]
+    python -m paw_lightning.experiments notebooks/textworld_matrix.yaml [--dry-run] [--only ARM ...] [--collect] [--extend]
+
+``--extend`` grows a finished matrix's budget: raise ``trainer.max_epochs`` (in the base config or the
+matrix's ``args``) and every run resumes from its ``last.ckpt`` and trains on to the new last iteration.
 """
 
 from __future__ import annotations
@@ -36,7 +39,7 @@ import yaml
 COLUMNS = (
     "arm", "config", "seed", "iteration", "env_steps", "episodes", "wall_s", "train_success", "eval_success",
     "eval_count", "train_return", "episode_length", "valid_action_ratio", "paw_lambda_mean", "paw_selected_frac",
-    "paw_wm_loss", "paw_clipped_token_frac", "wm_token_acc", "action_entropy", "policy_loss", "kl",
+    "paw_wm_loss", "paw_clipped_token_frac", "wm_token_acc", "action_entropy", "policy_loss", "kl", "eval_wm_token_acc",
 )
 # CSV column -> the Lightning metric it is read from (the epoch-level value when there are both).
 METRIC_OF = {
@@ -47,6 +50,7 @@ METRIC_OF = {
     "paw_selected_frac": "paw/selected_frac", "paw_wm_loss": "paw/wm_loss_epoch",
     "paw_clipped_token_frac": "paw/clipped_token_frac_epoch", "wm_token_acc": "wm/token_acc_epoch",
     "action_entropy": "paw/action_entropy", "policy_loss": "loss/policy_epoch", "kl": "loss/kl_epoch",
+    "eval_wm_token_acc": "val/wm_token_acc",
 }
 
 
@@ -127,9 +131,10 @@ def write_csv(path: str | Path, rows: list[dict[str, Any]]) -> None:
 
 
 def run_matrix(matrix: dict[str, Any], only: list[str] | None = None, dry_run: bool = False,
-               collect_only: bool = False) -> list[dict[str, Any]]:
+               collect_only: bool = False, extend: bool = False) -> list[dict[str, Any]]:
     """Run every unfinished (arm, seed), then write and return the tidy rows of the whole matrix
-    (``collect_only``: run nothing, just gather what the run folders hold so far)."""
+    (``collect_only``: run nothing, just gather what the run folders hold so far; ``extend``: finished
+    runs resume from their last checkpoint too, to train on to a larger ``trainer.max_epochs``)."""
     arms = [a for a in matrix["arms"] if not only or a in only]
     unknown = set(only or []) - set(matrix["arms"])
     if unknown:
@@ -137,7 +142,7 @@ def run_matrix(matrix: dict[str, Any], only: list[str] | None = None, dry_run: b
     jobs = [] if collect_only else [(arm, int(seed)) for seed in matrix["seeds"] for arm in arms]
     for number, (arm, seed) in enumerate(jobs, 1):
         folder = run_folder(matrix, arm, seed)
-        if (folder / "done").exists():
+        if (folder / "done").exists() and not extend:
             print(f"[{number}/{len(jobs)}] {arm} seed {seed}: done, skipped", flush=True)
             continue
         checkpoints = sorted(folder.glob("runs/csv/version_*/checkpoints/last.ckpt"), key=os.path.getmtime)
@@ -166,10 +171,12 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("matrix", help="the matrix YAML file")
     parser.add_argument("--only", nargs="+", metavar="ARM", help="run only these arms (the CSV still has all)")
     parser.add_argument("--dry-run", action="store_true", help="print the commands, run nothing")
+    parser.add_argument("--extend", action="store_true",
+                        help="resume finished runs as well (after raising trainer.max_epochs: a larger budget)")
     parser.add_argument("--collect", action="store_true",
                         help="run nothing; write the CSV from what the run folders hold so far")
     args = parser.parse_args(argv)
-    rows = run_matrix(load_matrix(args.matrix), args.only, args.dry_run, args.collect)
+    rows = run_matrix(load_matrix(args.matrix), args.only, args.dry_run, args.collect, args.extend)
     if not args.dry_run:
         print(f"wrote {len(rows)} rows to {load_matrix(args.matrix)['output']}")
     return 0

@@ -448,16 +448,43 @@ class PaWModule(L.LightningModule):
         return loss
 
     def validation_step(self, rollout: Rollout, batch_idx: int) -> None:
-        """Log the held-out episodes' success (overall and per task type), return, length, validity;
-        with several processes, over every process's share of the validation episodes."""
+        """Log the held-out episodes' success (overall and per task type), return, length, validity and
+        the world model's token accuracy on their real next observations (``val/wm_token_acc``); with
+        several processes, over every process's share of the validation episodes."""
         episodes = rollout.episodes
         ranks = self.ranks
         if ranks.distributed:
             episodes = [e for part in ranks.all_gather_object(episodes) for e in part]
         metrics = {k.replace("episode/", "val/", 1): v for k, v in episode_metrics(episodes).items()}
+        correct, total = self._heldout_wm_correct(rollout)
+        if ranks.distributed:
+            correct, total = (sum(part) for part in zip(*ranks.all_gather_object((correct, total))))
+        if total:
+            metrics["val/wm_token_acc"] = correct / total
         self.log_dict(metrics, batch_size=len(episodes))
         if "val/success_rate" in metrics:
             self.log("val_success", metrics["val/success_rate"], prog_bar=True, logger=False, batch_size=len(episodes))
+
+    @torch.no_grad()
+    def _heldout_wm_correct(self, rollout: Rollout) -> tuple[int, int]:
+        """(argmax-correct, total) next-observation tokens of the validation transitions under the world
+        model (its head, or the LM head when shared), always with their real o_{t+1}: whether the model
+        learned the dynamics, whatever ``wm_target`` it trained on."""
+        was_training = self.model.training
+        self.model.eval()
+        head = self.wm_head if self.wm_head is not None else trunk_and_head(self.model)[1]
+        correct = total = 0
+        size = self.hparams.score_batch_size
+        for start in range(0, len(rollout), size):
+            batch = self._to_device(collate(rollout.transitions[start : start + size], rollout.mode, self.tokenizer.pad_token_id))
+            trunk, _ = trunk_and_head(self.model)
+            hidden = trunk_hidden(trunk, batch)
+            obs_mask = batch["obs_mask"]
+            stats = head_stats(head, hidden, batch["input_ids"], obs_mask, 1.0, self.hparams.head_chunk_size, batch["source"])
+            correct += int((stats.correct & obs_mask).sum())
+            total += int(obs_mask.sum())
+        self.model.train(was_training)
+        return correct, total
 
     def _world_model_loss(self, hidden: Tensor, lm_head: nn.Module, batch: dict, weight: Tensor) -> tuple[Tensor, dict]:
         """Weighted mean of the per-transition WM loss over the selected transitions, and its metrics."""

@@ -166,6 +166,7 @@ def test_validation_on_held_out_games_during_fit_and_from_a_checkpoint(tmp_path,
     val_rows = [r for r in rows if r.get("val/success_rate")]
     assert len(val_rows) == 1 and float(val_rows[0]["val/count"]) == 3.0
     assert "val/success_rate/coin_collector" in val_rows[0]
+    assert 0.0 <= float(val_rows[0]["val/wm_token_acc"]) <= 1.0
     ckpt = tmp_path / "runs/csv/version_0/checkpoints/last.ckpt"
     cli = main(["validate", "--config", str(ROOT / "configs/quickstart.yaml"), *SMALL[1:], small_env(coin_pool_kwargs), *val,
                 f"--ckpt_path={ckpt}", "--data.env_workers=0"])  # in-process envs, to inspect them below

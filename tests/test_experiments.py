@@ -74,3 +74,6 @@ def test_matrix_runs_writes_tidy_csv_and_resumes(tmp_path, monkeypatch):
     assert (tmp_path / "runs/grpo_paw/seed-3/runs/csv/version_1").exists()
     assert rows[2]["wall_s"] > rows[1]["wall_s"]  # elapsed time carries over the resume
     assert run_matrix(spec, collect_only=True) == rows
+    # --extend: a finished run trains on to the larger budget; one already there only reloads
+    rows = run_matrix(spec, extend=True)
+    assert [(r["arm"], r["iteration"]) for r in rows] == [("grpo", 0), ("grpo", 1), ("grpo_paw", 0), ("grpo_paw", 1)]

@@ -223,6 +223,27 @@ def test_prepare_rollout_swaps_only_the_world_model_targets():
     assert len({tuple(draw(it)) for it in range(6)}) > 1  # a new draw every iteration
 
 
+@pytest.mark.parametrize("actor", [ScoreActor(), GenerateActor(max_new_tokens=4)], ids=["score", "generate"])
+def test_heldout_world_model_accuracy_counts_argmax_hits_on_the_real_next_observation(actor):
+    """Checked against a plain forward of each transition's prompt + chosen action + o_{t+1}, unpacked."""
+    module = PaWModule(lr=1e-3, wm_target="shuffled", score_batch_size=3)
+    rollout = rollout_for(module, actor, prepare=False)
+    expected_correct = expected_total = 0
+    with torch.no_grad():
+        for t in rollout.transitions:
+            action = t.candidate_ids[t.chosen] if rollout.mode == "score" else t.action_ids
+            ids = torch.tensor([t.prompt_ids + list(action) + list(t.obs_ids)])
+            predicted = module.model(input_ids=ids).logits[0, :-1].argmax(-1)
+            start = len(t.prompt_ids) + len(action)
+            expected_correct += int((predicted[start - 1 :] == ids[0, start:]).sum())
+            expected_total += len(t.obs_ids)
+    assert expected_total > 0
+    assert module._heldout_wm_correct(rollout) == (expected_correct, expected_total)
+    assert module.model.training  # the model's mode is given back
+    tagged(rollout)  # other targets, other counts: it reads the rollout's own o_{t+1}, never a shuffled one
+    assert module._heldout_wm_correct(rollout)[1] == sum(len(t.obs_ids) for t in rollout.transitions)
+
+
 def corridor_fit(tmp_path, module, max_epochs=2, callbacks=(), checkpoint=False):
     """A direct Trainer run on the fake corridor: 4 envs x 2 steps, mini-batches of 2 (up to 4 steps an epoch)."""
     from lightning.pytorch.callbacks import ModelCheckpoint
