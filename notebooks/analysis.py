@@ -79,6 +79,18 @@ def final_table(rows: list[dict], eval_last: int = 3, train_last: int = 5) -> li
     return table
 
 
+def column_summary(rows: list[dict], column: str, last: int = 1) -> dict[str, tuple[float, float, dict[int, float]]]:
+    """Per arm: (mean, std over seeds, per-seed value) of ``column``, each seed's value the mean of its
+    last ``last`` logged values (e.g. the held-out WM token accuracy at the last validation)."""
+    out = {}
+    for arm in arms_in_order(rows):
+        per_seed = per_seed_final(rows, arm, column, last)
+        values = list(per_seed.values())
+        if values:
+            out[arm] = (statistics.fmean(values), statistics.pstdev(values) if len(values) > 1 else 0.0, per_seed)
+    return out
+
+
 def markdown_table(table: list[dict]) -> str:
     """The final table as Markdown (mean +- std over seeds)."""
     eval_last, train_last = (table[0]["eval_rule"], table[0]["train_rule"]) if table else (3, 5)

@@ -32,10 +32,12 @@ def test_curve_and_table_use_every_seed(tmp_path):
     with_two_validations = analysis.load(path)
     with_two_validations.append(dict(with_two_validations[1], iteration=2, eval_success=1.0))
     assert analysis.per_seed_final(with_two_validations, "a", "eval_success", last=3) == {0: 0.625, 1: 0.75}
+    summary = analysis.column_summary(with_two_validations, "eval_success")
+    assert summary["a"] == (0.875, 0.125, {0: 1.0, 1: 0.75}) and summary["b"] == (0.0, 0.0, {0: 0.0})
 
 
 def test_notebook_runs_top_to_bottom_on_the_committed_csv(tmp_path, monkeypatch):
-    for name in ("results.csv", "results_alfworld.csv", "analysis.py"):
+    for name in ("results.csv", "results_alfworld.csv", "results_smollm2.csv", "analysis.py"):
         shutil.copy(NOTEBOOKS / name, tmp_path / name)
     monkeypatch.chdir(tmp_path)
     notebook = json.loads((NOTEBOOKS / "paw_vs_grpo.ipynb").read_text())
