@@ -472,12 +472,12 @@ class PaWModule(L.LightningModule):
         learned the dynamics, whatever ``wm_target`` it trained on."""
         was_training = self.model.training
         self.model.eval()
-        head = self.wm_head if self.wm_head is not None else trunk_and_head(self.model)[1]
+        trunk, lm_head = trunk_and_head(self.model)
+        head = self.wm_head if self.wm_head is not None else lm_head
         correct = total = 0
         size = self.hparams.score_batch_size
         for start in range(0, len(rollout), size):
             batch = self._to_device(collate(rollout.transitions[start : start + size], rollout.mode, self.tokenizer.pad_token_id))
-            trunk, _ = trunk_and_head(self.model)
             hidden = trunk_hidden(trunk, batch)
             obs_mask = batch["obs_mask"]
             stats = head_stats(head, hidden, batch["input_ids"], obs_mask, 1.0, self.hparams.head_chunk_size, batch["source"])

@@ -48,3 +48,5 @@ def test_notebook_runs_top_to_bottom_on_the_committed_csv(tmp_path, monkeypatch)
     assert (tmp_path / "figures/eval_success.png").stat().st_size > 1000
     assert {e["arm"] for e in namespace["table"]} >= {"grpo", "grpo_paw"}
     assert {e["arm"] for e in namespace["alf_table"]} == {"grpo", "grpo_paw"}
+    assert {e["arm"] for e in namespace["sm_table"]} == {"grpo", "grpo_paw", "paw_shuffled", "paw_ce"}
+    assert (tmp_path / "figures/smollm2_train_success.png").stat().st_size > 1000
