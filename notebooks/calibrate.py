@@ -7,7 +7,8 @@ is loaded (a fresh LoRA adapter changes nothing: its B matrix starts at zero). W
 
     python notebooks/calibrate.py --model smollm2-135m-instruct --output notebooks/calibration_smollm2.csv
 
-A candidate is picked when its success lies between ``--low`` and ``--high`` on both splits.
+Pick a candidate whose success lies between about 10 % and 40 % on both splits: room to learn, and
+reward sparse enough for PaW's reward-adaptive weight to stay on.
 """
 
 from __future__ import annotations

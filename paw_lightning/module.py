@@ -452,13 +452,13 @@ class PaWModule(L.LightningModule):
         the world model's token accuracy on their real next observations (``val/wm_token_acc``); with
         several processes, over every process's share of the validation episodes."""
         episodes = rollout.episodes
-        ranks = self.ranks
-        if ranks.distributed:
-            episodes = [e for part in ranks.all_gather_object(episodes) for e in part]
-        metrics = {k.replace("episode/", "val/", 1): v for k, v in episode_metrics(episodes).items()}
         correct, total = self._heldout_wm_correct(rollout)
-        if ranks.distributed:
-            correct, total = (sum(part) for part in zip(*ranks.all_gather_object((correct, total))))
+        ranks = self.ranks
+        if ranks.distributed:  # one gather of every process's episodes and WM token counts
+            parts = ranks.all_gather_object((episodes, correct, total))
+            episodes = [e for part, _, _ in parts for e in part]
+            correct, total = sum(c for _, c, _ in parts), sum(t for _, _, t in parts)
+        metrics = {k.replace("episode/", "val/", 1): v for k, v in episode_metrics(episodes).items()}
         if total:
             metrics["val/wm_token_acc"] = correct / total
         self.log_dict(metrics, batch_size=len(episodes))
