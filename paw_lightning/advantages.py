@@ -61,6 +61,16 @@ def grpo_advantages(
 
 
 
+def zero_advantage_group_frac(advantages: Tensor, group_ids: Tensor, atol: float = 1e-6) -> float:
+    """The share of the rollout's groups (those with a transition) whose advantages are all ~0: there
+    GRPO has no signal, and PaW's WM term is the only gradient. 0.0 for an empty rollout."""
+    groups = torch.unique(group_ids)
+    if not len(groups):
+        return 0.0
+    nonzero = torch.zeros(int(group_ids.max()) + 1, dtype=torch.bool).index_fill_(0, group_ids[advantages.abs() > atol], True)
+    return float((~nonzero[groups]).float().mean())
+
+
 def episode_order(episode: Tensor, step: Tensor) -> list[Tensor]:
     """For each episode (in id order), the transition indices sorted by step."""
     order = torch.argsort(episode * (int(step.max().item()) + 1 if step.numel() else 1) + step)

@@ -32,6 +32,7 @@ from torch import Tensor
 
 from paw_lightning.advantages import whiten
 from paw_lightning.selection import top_fraction_mask
+from paw_lightning.world_model import dedup_mask
 
 # (shape) on every rank -> (world, shape); the same shape on every rank.
 AllGather = Callable[[Tensor], Tensor]
@@ -113,6 +114,18 @@ def global_top_fraction_mask(scores: Tensor, ratio: float, ranks: Ranks) -> Tens
     mask = top_fraction_mask(torch.cat(parts), ratio)
     start = sum(len(p) for p in parts[: ranks.rank])
     return mask[start : start + len(scores)]
+
+
+def global_dedup_mask(keys: Sequence[Any], selected: Tensor, ranks: Ranks) -> Tensor:
+    """This rank's part of ``world_model.dedup_mask`` over every rank's transitions in rank order (a
+    repeat is dropped wherever its first selected copy lives)."""
+    if not ranks.distributed:
+        return dedup_mask(keys, selected)
+    parts = ranks.all_gather_object((list(keys), selected.tolist()))
+    every_key = [k for part, _ in parts for k in part]
+    kept = dedup_mask(every_key, torch.tensor([c for _, flags in parts for c in flags], dtype=torch.bool))
+    start = sum(len(part) for part, _ in parts[: ranks.rank])
+    return kept[start : start + len(keys)]
 
 
 def global_whiten(values: Tensor, ranks: Ranks) -> Tensor:

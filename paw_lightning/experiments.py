@@ -40,6 +40,7 @@ COLUMNS = (
     "arm", "config", "seed", "iteration", "env_steps", "episodes", "wall_s", "train_success", "eval_success",
     "eval_count", "train_return", "episode_length", "valid_action_ratio", "paw_lambda_mean", "paw_selected_frac",
     "paw_wm_loss", "paw_clipped_token_frac", "wm_token_acc", "action_entropy", "policy_loss", "kl", "eval_wm_token_acc",
+    "paw_wm_term", "zero_adv_group_frac", "grad_wm_over_rl",
 )
 # CSV column -> the Lightning metric it is read from (the epoch-level value when there are both).
 METRIC_OF = {
@@ -50,7 +51,8 @@ METRIC_OF = {
     "paw_selected_frac": "paw/selected_frac", "paw_wm_loss": "paw/wm_loss_epoch",
     "paw_clipped_token_frac": "paw/clipped_token_frac_epoch", "wm_token_acc": "wm/token_acc_epoch",
     "action_entropy": "paw/action_entropy", "policy_loss": "loss/policy_epoch", "kl": "loss/kl_epoch",
-    "eval_wm_token_acc": "val/wm_token_acc",
+    "eval_wm_token_acc": "val/wm_token_acc", "paw_wm_term": "paw/wm_term_epoch",
+    "zero_adv_group_frac": "rollout/zero_adv_group_frac", "grad_wm_over_rl": "grad/wm_over_rl",
 }
 
 

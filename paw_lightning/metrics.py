@@ -93,6 +93,7 @@ class TokenMean(MeanMetric):
         super().__init__(**({"sync_on_compute": False} | kwargs))
 
     def forward_tokens(self, values: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
-        """Accumulate the masked values and return this batch's token mean (Lightning logs the metric)."""
-        count = mask.sum().clamp(min=1).float()
+        """Accumulate the masked values and return this batch's token mean (Lightning logs the metric).
+        ``mask`` may be a float weight per token (e.g. each world-model row's weight)."""
+        count = mask.sum().float().clamp(min=1e-12)
         return self((values.float() * mask).sum() / count, weight=count)

@@ -12,10 +12,12 @@ import copy
 import inspect
 import time
 from contextlib import nullcontext
+from dataclasses import replace
 from typing import Literal
 
 import lightning as L
 import torch
+from lightning.pytorch.strategies import FSDPStrategy
 from torch import Tensor, nn
 
 from paw_lightning.advantages import (
@@ -27,10 +29,11 @@ from paw_lightning.advantages import (
     grpo_advantages,
     reinforce_pp_returns,
     rloo_advantages,
+    zero_advantage_group_frac,
 )
 from paw_lightning.callbacks.base import RolloutCallback
 from paw_lightning.choices import check_choices
-from paw_lightning.distributed import Ranks, fsdp_defaults, global_whiten
+from paw_lightning.distributed import Ranks, fsdp_defaults, global_dedup_mask, global_whiten, sum_over_ranks
 from paw_lightning.logprobs import (
     DEFAULT_CHUNK,
     candidate_policy,
@@ -55,6 +58,15 @@ from paw_lightning.models import TINY, DType, Quantize, check_model_options, che
 from paw_lightning.rollout.batch import SCORE, collate, prompt_end, unit_mask
 from paw_lightning.rollout.types import Rollout
 from paw_lightning.selection import derangement
+from paw_lightning.world_model import (
+    WMContext,
+    WMNormalize,
+    build_targets,
+    grad_term_norms,
+    transition_key,
+    turn_frame,
+    wm_term,
+)
 
 WorldModel = Literal["shared", "head"]
 WMTarget = Literal["next_obs", "shuffled"]
@@ -88,9 +100,11 @@ def check_module_options(**options) -> None:
     for name in ("clip_eps", "lora_alpha") + (("value_lr",) if o["value_lr"] is not None else ()):
         if not o[name] > 0:
             raise ValueError(f"{name} must be > 0, got {o[name]}")
-    for name in ("head_chunk_size", "score_batch_size", "max_skipped_steps"):
+    for name in ("head_chunk_size", "score_batch_size", "max_skipped_steps", "wm_horizon"):
         if not o[name] >= 1:
             raise ValueError(f"{name} must be >= 1, got {o[name]}")
+    if not o["log_grad_terms_every_n_steps"] >= 0:
+        raise ValueError(f"log_grad_terms_every_n_steps must be >= 0 (0 = off), got {o['log_grad_terms_every_n_steps']}")
     if not 0.0 < o["cmae_rho"] <= 1.0:
         raise ValueError(f"cmae_rho must be in (0, 1], got {o['cmae_rho']}")
     for name in ("gamma", "gae_lambda", "gigpo_similarity"):
@@ -145,7 +159,22 @@ class PaWModule(L.LightningModule):
             separate output head, initialised from the LM head: WM gradients reach the trunk, not the
             policy head).
         wm_target: ``next_obs`` (each transition's own o_{t+1}, the paper) or ``shuffled`` (the placebo:
-            the o_{t+1} of another transition of the same rollout, a seeded derangement per iteration).
+            the target of another transition of the same rollout, a seeded derangement per iteration,
+            whatever ``wm_context`` and ``wm_horizon`` built).
+        wm_context: ``raw`` (o_{t+1} straight after the action, the paper) or ``turn`` (o_{t+1} as the next
+            environment turn of the chat template, as the model sees it at inference; the frame tokens
+            get no loss). See world_model.py.
+        wm_horizon: k >= 1: the target of step t is o_{t+1} and the next k - 1 (action, observation) pairs
+            of its episode, loss on observation tokens only, cut at the episode's end and at
+            ``data.max_obs_tokens`` tokens (1 = o_{t+1} alone, the paper).
+        wm_normalize: ``minibatch`` (divide the WM term by the mini-batch's selected rows, the paper's
+            default reading) or ``update`` (by the update's selected share x the mini-batch's rows, so a
+            transition weighs the same in every mini-batch).
+        wm_dedup: among the update's transitions with identical (o_t, a_t, o_{t+1}) text, only the first
+            selected one keeps the WM loss, at its own weight (a looping agent's repeats add nothing new).
+        log_grad_terms_every_n_steps: every n optimiser steps, log the gradient norms of the RL terms and
+            of the WM term on the same mini-batch (``grad/rl_norm``, ``grad/wm_norm``, ``grad/wm_over_rl``;
+            one extra backward pass of the WM term on those steps; 0 = off; not under FSDP).
         advantage: the base RL algorithm's advantage: ``grpo``, ``gigpo``, ``rloo``, ``reinforce_pp``,
             ``reinforce_pp_baseline`` (group mean subtracted first) or ``ppo`` (learned critic + GAE).
         grpo_normalize_std: divide GRPO advantages by the group std.
@@ -189,6 +218,11 @@ class PaWModule(L.LightningModule):
         cmae_rho: float = 0.2,
         world_model: WorldModel = "shared",
         wm_target: WMTarget = "next_obs",
+        wm_context: WMContext = "raw",
+        wm_horizon: int = 1,
+        wm_normalize: WMNormalize = "minibatch",
+        wm_dedup: bool = False,
+        log_grad_terms_every_n_steps: int = 10,
         advantage: Advantage = "grpo",
         grpo_normalize_std: bool = True,
         gamma: float = 0.95,
@@ -229,7 +263,11 @@ class PaWModule(L.LightningModule):
             nn.init.zeros_(self.value_head.weight)
             nn.init.zeros_(self.value_head.bias)
         self.wm_token_acc = TokenMean()
+        self.wm_token_acc_all_rows = TokenMean()
         self.clipped_token_frac = TokenMean()
+        self._frame = turn_frame(self.tokenizer, wm_context)
+        self._wm_grads: list[Tensor] | None = None  # the WM term's gradient on a grad-terms step (see configure_gradient_clipping)
+        self.grad_terms: dict[str, Tensor] = {}  # the latest measured per-term gradient norms
         self._rollout_metrics: dict[str, float] = {}
         self.elapsed_s = 0.0  # wall time of the run so far, kept across resumes
         self._clock_origin = time.perf_counter()
@@ -267,6 +305,7 @@ class PaWModule(L.LightningModule):
             for callback in self.trainer.callbacks:
                 if isinstance(callback, RolloutCallback):
                     callback.on_rollout_end(self.trainer, self, rollout)
+        self.finish_wm_rows(rollout)
         self.record_rollout(rollout)
 
     @torch.no_grad()
@@ -279,6 +318,7 @@ class PaWModule(L.LightningModule):
         another engine (vLLM: its log-probs are compared with the trainer's, never trained on), the
         reference policy (``kl_coef > 0``) and the critic (PPO).
         """
+        self._build_wm_targets(rollout, self.hparams.wm_horizon)
         if self.hparams.wm_target == "shuffled":
             self._shuffle_wm_targets(rollout)
         n = len(rollout)
@@ -302,8 +342,31 @@ class PaWModule(L.LightningModule):
             if need_values:
                 rollout.old_values = torch.cat(scored["values"]) if n else torch.zeros(0)
         rollout.advantages = self._advantages(rollout) if n else torch.zeros(0)
+        if n:
+            rollout.metrics["rollout/zero_adv_group_frac"] = zero_advantage_group_frac(rollout.advantages, rollout.group_ids)
         rollout.wm_selected = torch.ones(n, dtype=torch.bool)
         rollout.wm_weight = torch.full((n,), float(self.hparams.wm_coef))
+
+    def _build_wm_targets(self, rollout: Rollout, horizon: int) -> None:
+        """Write the world-model target of every transition as ``wm_context`` and ``horizon`` define it; at
+        the paper's settings (raw, 1) the target stays ``obs_ids`` and nothing is written."""
+        if self.hparams.wm_context == "raw" and horizon == 1:
+            return
+        targets = build_targets(rollout.transitions, self._frame, horizon, rollout.max_obs_tokens)
+        rollout.transitions = [replace(t, wm_ids=g.ids, wm_loss_mask=g.loss_mask) for t, g in zip(rollout.transitions, targets)]
+
+    def finish_wm_rows(self, rollout: Rollout) -> None:
+        """After the rollout callbacks: drop repeated transitions from the WM loss (``wm_dedup``, over every
+        process's transitions) and record the selected share of the update (``wm_normalize: update``)."""
+        ranks = self.ranks
+        if self.hparams.wm_dedup and len(rollout):
+            keys = [transition_key(t) for t in rollout.transitions]
+            kept = global_dedup_mask(keys, rollout.wm_selected, ranks)
+            before = int(rollout.wm_selected.sum())
+            rollout.metrics["paw/dedup_dropped_frac"] = (before - int(kept.sum())) / max(before, 1)
+            rollout.wm_selected = kept
+        selected, total = sum_over_ranks([float(rollout.wm_selected.sum()), float(len(rollout))], ranks)
+        rollout.wm_selected_frac = selected / total if total else 0.0
 
     def _shuffle_wm_targets(self, rollout: Rollout) -> None:
         """The placebo: every transition learns the next observation of another transition of the rollout,
@@ -384,6 +447,8 @@ class PaWModule(L.LightningModule):
         """Keep the rollout's episode and PaW metrics (with several processes: over every process's
         episodes and transitions); training_step logs them for this epoch."""
         metrics = episode_metrics(rollout) | rollout_metrics(rollout) | rollout.metrics
+        if self.hparams.wm_coef == 0:  # no world-model loss runs: nothing was selected for it
+            metrics.pop("paw/selected_frac", None)
         ranks = self.ranks
         if ranks.distributed:
             gathered = ranks.all_gather_object((metrics, rollout.episodes))
@@ -404,6 +469,22 @@ class PaWModule(L.LightningModule):
 
     # ----- training -----------------------------------------------------------------------------
     def training_step(self, batch: dict, batch_idx: int) -> Tensor:
+        rl_loss, wm_loss, logs = self.loss_terms(batch)
+        loss = rl_loss if wm_loss is None else rl_loss + wm_loss
+        if self._grad_terms_step():
+            self._add_wm_grads(wm_loss)
+        logs["loss/total"] = loss
+        self._loss_finite = torch.isfinite(loss.detach()) & self._loss_finite  # read at the optimiser step (no sync here)
+        size = len(batch["chosen"])
+        self.log_dict(logs, on_step=True, on_epoch=True, batch_size=size)
+        self.log_dict(self._rollout_metrics, on_step=False, on_epoch=True, batch_size=size)
+        if "episode/success_rate" in self._rollout_metrics:
+            self.log("success", self._rollout_metrics["episode/success_rate"], prog_bar=True, logger=False, batch_size=size)
+        return loss
+
+    def loss_terms(self, batch: dict) -> tuple[Tensor, Tensor | None, dict]:
+        """One forward over the mini-batch: (the RL terms: policy + KL + entropy, plus PPO's value loss;
+        the WM term, None when no row has WM weight; their logs). Their sum is the training loss."""
         hp = self.hparams
         trunk, lm_head = trunk_and_head(self.model)
         hidden = trunk_hidden(trunk, batch)
@@ -431,21 +512,14 @@ class PaWModule(L.LightningModule):
             logs["loss/value"] = value_loss
             logs["loss/explained_variance"] = explained_variance(values.detach(), batch["value_targets"]).nan_to_num(0.0)
         weight = batch["wm_weight"] * batch["wm_selected"].float()  # (B,)
+        wm_loss = None
         if weight.sum() > 0:
-            wm_term, wm_logs = self._world_model_loss(hidden, lm_head, batch, weight)
-            loss = loss + wm_term * share["wm"]
+            wm_loss, wm_logs = self._world_model_loss(hidden, lm_head, batch, weight)
             logs |= wm_logs
         elif self.wm_head is not None and self.ranks.distributed:
             # DDP waits for a gradient of every trainable weight on every rank: the WM head gets a zero one
             loss = loss + 0.0 * sum(p.sum() for p in self.wm_head.parameters())
-        logs["loss/total"] = loss
-        self._loss_finite = torch.isfinite(loss.detach()) & self._loss_finite  # read at the optimiser step (no sync here)
-        size = len(batch["chosen"])
-        self.log_dict(logs, on_step=True, on_epoch=True, batch_size=size)
-        self.log_dict(self._rollout_metrics, on_step=False, on_epoch=True, batch_size=size)
-        if "episode/success_rate" in self._rollout_metrics:
-            self.log("success", self._rollout_metrics["episode/success_rate"], prog_bar=True, logger=False, batch_size=size)
-        return loss
+        return loss, wm_loss, logs
 
     def validation_step(self, rollout: Rollout, batch_idx: int) -> None:
         """Log the held-out episodes' success (overall and per task type), return, length, validity and
@@ -468,16 +542,19 @@ class PaWModule(L.LightningModule):
     @torch.no_grad()
     def _heldout_wm_correct(self, rollout: Rollout) -> tuple[int, int]:
         """(argmax-correct, total) next-observation tokens of the validation transitions under the world
-        model (its head, or the LM head when shared), always with their real o_{t+1}: whether the model
-        learned the dynamics, whatever ``wm_target`` it trained on."""
+        model (its head, or the LM head when shared), always with their real o_{t+1} (in the training's
+        ``wm_context``, one step): whether the model learned the dynamics, whatever ``wm_target`` or
+        ``wm_horizon`` it trained on."""
         was_training = self.model.training
         self.model.eval()
         trunk, lm_head = trunk_and_head(self.model)
         head = self.wm_head if self.wm_head is not None else lm_head
         correct = total = 0
         size = self.hparams.score_batch_size
-        for start in range(0, len(rollout), size):
-            batch = self._to_device(collate(rollout.transitions[start : start + size], rollout.mode, self.tokenizer.pad_token_id))
+        heldout = copy.copy(rollout)
+        self._build_wm_targets(heldout, horizon=1)  # o_{t+1} alone, framed as in training
+        for start in range(0, len(heldout), size):
+            batch = self._to_device(collate(heldout.transitions[start : start + size], heldout.mode, self.tokenizer.pad_token_id))
             hidden = trunk_hidden(trunk, batch)
             obs_mask = batch["obs_mask"]
             stats = head_stats(head, hidden, batch["input_ids"], obs_mask, 1.0, self.hparams.head_chunk_size, batch["source"])
@@ -487,7 +564,8 @@ class PaWModule(L.LightningModule):
         return correct, total
 
     def _world_model_loss(self, hidden: Tensor, lm_head: nn.Module, batch: dict, weight: Tensor) -> tuple[Tensor, dict]:
-        """Weighted mean of the per-transition WM loss over the selected transitions, and its metrics."""
+        """The WM term as added to the loss (with several processes: scaled by this rank's share) and its
+        metrics, over the rows with WM weight (see ``world_model.wm_term``)."""
         hp = self.hparams
         head = self.wm_head if self.wm_head is not None else lm_head
         obs_mask = batch["obs_mask"]
@@ -497,19 +575,66 @@ class PaWModule(L.LightningModule):
         else:
             per_row = ce_loss(stats.logp, obs_mask)
             clipped = torch.zeros_like(obs_mask)
-        # one row per transition: per_row is the per-transition loss l_i
-        selected = batch["wm_selected"].float()
-        wm_term = (weight * per_row).sum() / selected.sum().clamp(min=1.0)
-        wm_loss = (selected * per_row).sum() / selected.sum().clamp(min=1.0)
-        self.wm_token_acc.forward_tokens(stats.correct, obs_mask)
-        self.clipped_token_frac.forward_tokens(clipped, obs_mask)
+        share = batch.get("loss_scale", NO_SHARE)
+        if hp.wm_normalize == "minibatch":
+            normaliser, scale = batch["wm_selected"].float().sum().clamp(min=1.0), share["wm"]
+        else:  # the update's selected share of this mini-batch's rows: a row weighs the same in every batch
+            normaliser, scale = batch["wm_selected_frac"] * len(batch["chosen"]), share["value"]
+        term = wm_term(per_row, weight, normaliser, obs_mask, clipped, stats.correct)
+        token_weight = weight.unsqueeze(-1) * obs_mask  # (B, T): each row's tokens weigh its w_i
+        self.wm_token_acc.forward_tokens(stats.correct, token_weight)
+        self.clipped_token_frac.forward_tokens(clipped, token_weight)
+        self.wm_token_acc_all_rows.forward_tokens(stats.correct, obs_mask)
         logs = {
-            "paw/wm_loss": wm_loss,
-            "paw/wm_weight_mean": (weight.sum() / selected.sum().clamp(min=1.0)),
+            "paw/wm_term": term.term.detach(),
+            "paw/wm_loss": term.loss,
+            "paw/wm_weight_mean": term.weight_mean,
             "wm/token_acc": self.wm_token_acc,
+            "wm/token_acc_all_rows": self.wm_token_acc_all_rows,
             "paw/clipped_token_frac": self.clipped_token_frac,
         }
-        return wm_term, logs
+        return term.term * scale, logs
+
+    # ----- per-term gradient norms ----------------------------------------------------------------
+    def _grad_terms_step(self) -> bool:
+        """Whether this optimiser step logs the per-term gradient norms (every rank decides alike)."""
+        n = self.hparams.log_grad_terms_every_n_steps
+        if n <= 0 or self._trainer is None or not torch.is_grad_enabled():
+            return False
+        if isinstance(self.trainer.strategy, FSDPStrategy):  # sharded gradients: not measured
+            return False
+        return self.trainer.global_step % n == 0
+
+    def _add_wm_grads(self, wm_loss: Tensor | None) -> None:
+        """Accumulate the WM term's own gradient (one extra backward through the kept graph), scaled as
+        Lightning scales the loss under gradient accumulation; zeros where this batch has no WM term."""
+        params = self._trainable()
+        if wm_loss is None or not wm_loss.requires_grad:
+            grads = [torch.zeros_like(p) for p in params]
+        else:
+            scale = 1.0 / self.trainer.accumulate_grad_batches
+            found = torch.autograd.grad(wm_loss * scale, params, retain_graph=True, allow_unused=True)
+            grads = [torch.zeros_like(p) if g is None else g.detach() for p, g in zip(params, found)]
+        self._wm_grads = grads if self._wm_grads is None else [a + b for a, b in zip(self._wm_grads, grads)]
+
+    def _trainable(self) -> list[Tensor]:
+        return [p for p in self.parameters() if p.requires_grad]
+
+    def _log_grad_terms(self) -> None:
+        """Log ``grad/rl_norm``, ``grad/wm_norm`` and their ratio from the step's gradient (before
+        clipping): WM = its own accumulated gradient, RL = the total minus WM; with DDP both global."""
+        wm, self._wm_grads = self._wm_grads, None
+        params = self._trainable()
+        total = [torch.zeros_like(p) if p.grad is None else p.grad.detach() for p in params]
+        if self.ranks.distributed:  # p.grad is already DDP's mean over ranks; the WM part must be too
+            flat = self.trainer.strategy.reduce(torch.cat([g.reshape(-1) for g in wm]), reduce_op="mean")
+            wm = list(torch.split(flat, [g.numel() for g in wm]))
+            wm = [g.reshape(p.shape) for g, p in zip(wm, params)]
+        rl_norm, wm_norm = grad_term_norms(total, wm)
+        self.grad_terms = {"grad/rl_norm": rl_norm, "grad/wm_norm": wm_norm, "grad/wm_over_rl": wm_norm / rl_norm.clamp(min=1e-12)}
+        # per iteration (the mean over its measured steps): a step-level column would repeat the last
+        # measured value on the steps in between
+        self.log_dict(self.grad_terms, on_step=False, on_epoch=True, batch_size=1)
 
     def configure_optimizers(self):
         hp = self.hparams
@@ -525,6 +650,8 @@ class PaWModule(L.LightningModule):
         non-finite loss or gradient norm the gradients are dropped, so the optimiser leaves the weights and
         its state untouched; otherwise the gradient is clipped to ``grad_clip``. Logs the pre-clip norm."""
         hp = self.hparams
+        if self._wm_grads is not None:
+            self._log_grad_terms()
         params = [p for group in optimizer.param_groups for p in group["params"] if p.grad is not None]
         norm = clip_and_norm(self.trainer.strategy, params, hp.grad_clip)
         bad = not bool(torch.isfinite(norm) & self._loss_finite)

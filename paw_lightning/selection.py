@@ -2,6 +2,8 @@
 
 - ``top_fraction_mask``: action-entropy data selection, the top alpha fraction of all transitions.
 - ``reward_adaptive_lambda``: lambda_g = 1 - mean return of group g / R_max, clamped to [0, 1].
+- ``normalized_entropy``: a score-actor step's candidate entropy over its maximum, log(candidates), so that
+  selection ranks uncertainty rather than the length of the command list.
 - ``derangement``: a seeded permutation without fixed points, for the shuffled-observation placebo
   (``wm_target: shuffled``: each transition predicts another transition's next observation).
 """
@@ -47,6 +49,17 @@ def top_fraction_mask(scores: Tensor, ratio: float) -> Tensor:
         order = torch.sort(scores, descending=True, stable=True).indices
         mask[order[:keep]] = True
     return mask
+
+
+def normalized_entropy(entropy: Tensor, num_candidates: Tensor) -> Tensor:
+    """(N,) entropy / log(num_candidates), in [0, 1]; 0 where a step had a single candidate (no choice).
+
+    Args:
+        entropy: (N,) entropy of each step's distribution over its candidates (nats).
+        num_candidates: (N,) how many admissible commands each step had.
+    """
+    most = torch.log(num_candidates.to(entropy.dtype).clamp(min=1.0))
+    return torch.where(most > 0, entropy / most.clamp(min=1e-12), torch.zeros_like(entropy))
 
 
 def reward_adaptive_lambda(episode_returns: Tensor, episode_group: Tensor, num_groups: int, r_max: float) -> Tensor:

@@ -22,6 +22,7 @@ from paw_lightning.distributed import (
     Ranks,
     balanced_minibatches,
     gather_varlen,
+    global_dedup_mask,
     global_top_fraction_mask,
     global_whiten,
     loss_scales,
@@ -186,6 +187,8 @@ def _gloo_worker(rank: int, port: int, out_dir: str) -> None:
         out["whiten"] = global_whiten(scores, ranks)
         out["gathered"] = gather_varlen(scores, ranks)
         out["sums"] = sum_over_ranks([len(scores), 0.5], ranks)
+        keys = [("a",), ("b",), ("a",)] if rank == 0 else [("b",), ("c",), ("a",)]
+        out["dedup"] = global_dedup_mask(keys, torch.tensor([False, True, True] if rank == 0 else [True, True, True]), ranks)
         rollout = SimpleNamespace(action_entropy=scores, wm_selected=torch.ones(len(scores), dtype=torch.bool))
         ActionEntropySelection(ratio=0.5).on_rollout_end(trainer, None, rollout)
         out["callback_mask"] = rollout.wm_selected
@@ -217,6 +220,8 @@ def test_global_statistics_on_two_gloo_ranks_equal_one_process_on_the_union(tmp_
     assert torch.allclose(torch.cat([out[0]["whiten"], out[1]["whiten"]]), whiten(union), atol=1e-6)
     assert all(torch.equal(o["gathered"][r], SCORES[r]) for o in out for r in (0, 1))
     assert out[0]["sums"] == out[1]["sums"] == [8.0, 1.0]
+    # the first selected copy over both ranks keeps its WM loss: rank 0 has a (2nd) and b, so rank 1 keeps only c
+    assert out[0]["dedup"].tolist() == [False, True, True] and out[1]["dedup"].tolist() == [False, True, False]
     assert torch.allclose(out[0]["lambda"], torch.full((2,), 1 - 20 / 6 / 10)) and torch.allclose(out[1]["lambda"], torch.full((4,), 1 - 20 / 6 / 10))
 
     # equal steps: ceil(7 / 3) = 3 per epoch on both ranks; rank 1 (2 transitions) fills one step per epoch
@@ -265,6 +270,8 @@ def two_rank_args(dump: Path, *extra: str) -> list[str]:
         "--data.progress=false", "--trainer.callbacks+=tests.envs.fakes.EpisodeDump", f"--trainer.callbacks.dirpath={dump}",
         # a separate WM head: rank 0's groups all win (lambda 0, no WM row), and DDP still needs its gradient
         "--model.world_model=head",
+        # the WM options and the per-term gradient norms (a collective on each measured step) across ranks
+        "--model.wm_context=turn", "--model.wm_horizon=2", "--model.wm_normalize=update", "--model.log_grad_terms_every_n_steps=2",
         *extra,
     ]
 
@@ -295,6 +302,7 @@ def test_two_process_ddp_fit_with_uneven_rollouts_logs_global_metrics_and_resume
         assert metrics[epoch]["rollout/env_steps"] == sum(e["transitions"] for e in episodes)
         assert metrics[epoch]["val/success_rate"] == pytest.approx(0.5) and metrics[epoch]["val/count"] == 2
         assert metrics[epoch]["paw/selected_frac"] == pytest.approx(0.75)
+        assert metrics[epoch]["grad/wm_norm"] > 0 and metrics[epoch]["grad/rl_norm"] > 0  # rank 1's WM rows reach rank 0's log
     checkpoints = log_dir / "checkpoints"
     uninterrupted = torch.load(checkpoints / "last.ckpt", weights_only=False)
     assert uninterrupted["RolloutDataModule"]["total_episodes"] == 24

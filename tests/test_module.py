@@ -204,11 +204,12 @@ def test_prepare_rollout_swaps_only_the_world_model_targets():
     module.prepare_rollout(rollout)
     baseline.prepare_rollout(reference)
     n = len(rollout)
-    source = [int(t.next_obs.split()[1]) for t in rollout.transitions]
+    source = [t.wm_target()[0][0] - 20 for t in rollout.transitions]  # tagged: transition i's target is [20 + i] * k
     assert sorted(source) == list(range(n)) and all(j != i for i, j in enumerate(source))  # a derangement
     for t, ref, j in zip(rollout.transitions, reference.transitions, source):
-        assert t.obs_ids == reference.transitions[j].obs_ids
-        assert (t.prompt_ids, t.action_ids, t.reward, t.done, t.observation) == (ref.prompt_ids, ref.action_ids, ref.reward, ref.done, ref.observation)
+        assert t.wm_target()[0] == reference.transitions[j].obs_ids
+        assert (t.prompt_ids, t.action_ids, t.reward, t.done, t.observation, t.obs_ids, t.next_obs) == (
+            ref.prompt_ids, ref.action_ids, ref.reward, ref.done, ref.observation, ref.obs_ids, ref.next_obs)  # the real o_{t+1} stays
     assert torch.equal(rollout.advantages, reference.advantages)
     assert torch.allclose(rollout.action_entropy, reference.action_entropy)
     assert torch.equal(rollout.wm_selected, reference.wm_selected) and torch.equal(rollout.wm_weight, reference.wm_weight)
@@ -217,9 +218,9 @@ def test_prepare_rollout_swaps_only_the_world_model_targets():
         other = tagged(copy.deepcopy(reference))
         other.iteration = iteration
         module._shuffle_wm_targets(other)
-        return [t.next_obs for t in other.transitions]
+        return [tuple(t.wm_target()[0]) for t in other.transitions]
 
-    assert draw(5) == [t.next_obs for t in rollout.transitions]  # reproducible from (model_seed, iteration)
+    assert draw(5) == [tuple(t.wm_target()[0]) for t in rollout.transitions]  # reproducible from (model_seed, iteration)
     assert len({tuple(draw(it)) for it in range(6)}) > 1  # a new draw every iteration
 
 
@@ -387,3 +388,174 @@ def test_a_checkpoint_with_non_finite_weights_is_never_written(tmp_path):
     with pytest.raises(NonFiniteTrainingError, match="non-finite weights"):
         trainer.save_checkpoint(tmp_path / "bad.ckpt")
     assert (tmp_path / "good.ckpt").exists() and not (tmp_path / "bad.ckpt").exists()
+
+
+# ----- the world-model signal: metrics on one row set, per-term gradient norms, the WM options ----------
+def values(logs):
+    """The logged numbers (a torchmetric's value so far)."""
+    return {k: float(v.compute() if hasattr(v, "compute") else v) for k, v in logs.items()}
+
+
+def test_wm_metrics_describe_the_selected_weighted_rows_and_combine_into_the_term():
+    module = PaWModule(lr=1e-3, kl_coef=0.0, entropy_coef=0.0)
+    rollout = rollout_for(module, ScoreActor(), num_groups=2, group_size=2, max_steps=2)
+    batch = one_batch(module, rollout)
+    n = len(batch["chosen"])
+    batch["wm_selected"] = torch.arange(n) % 2 == 0
+    batch["wm_weight"] = torch.linspace(0.2, 1.0, n)
+    _, wm_loss, logs = module.loss_terms(batch)
+    logged = values(logs)
+    # the same rows by hand: every token of the WM rows, each row weighted by its w_i
+    from paw_lightning.logprobs import head_stats, trunk_hidden
+    from paw_lightning.losses import cmae_loss
+    from paw_lightning.models import trunk_and_head
+
+    trunk, head = trunk_and_head(module.model)
+    with torch.no_grad():
+        stats = head_stats(head, trunk_hidden(trunk, batch), batch["input_ids"], batch["obs_mask"], 1.0, 1024, batch["source"])
+        per_row, clipped = cmae_loss(stats.logp, batch["obs_mask"], 0.2)
+    w = batch["wm_weight"] * batch["wm_selected"]
+    tokens = w[:, None] * batch["obs_mask"]
+    assert float(logged["paw/wm_loss"]) == pytest.approx(float((w * per_row).sum() / w.sum()), rel=1e-5)
+    assert float(logged["paw/wm_term"]) == pytest.approx(float((w * per_row).sum() / batch["wm_selected"].sum()), rel=1e-5)
+    assert float(wm_loss) == pytest.approx(float(logged["paw/wm_term"]), rel=1e-6)  # one process: added as logged
+    assert float(logged["paw/wm_term"]) == pytest.approx(float(logged["paw/wm_loss"]) * float(logged["paw/wm_weight_mean"]), rel=1e-5)
+    assert float(logged["paw/clipped_token_frac"]) == pytest.approx(float((tokens * clipped).sum() / tokens.sum()), rel=1e-5)
+    assert float(logged["wm/token_acc"]) == pytest.approx(float((tokens * stats.correct).sum() / tokens.sum()), rel=1e-5)
+    all_rows = batch["obs_mask"]
+    assert float(logged["wm/token_acc_all_rows"]) == pytest.approx(float((stats.correct & all_rows).sum() / all_rows.sum()), rel=1e-5)
+
+
+def test_update_normalisation_weighs_a_row_the_same_in_every_mini_batch():
+    module = PaWModule(lr=1e-3, kl_coef=0.0, entropy_coef=0.0, wm_normalize="update")
+    rollout = rollout_for(module, ScoreActor(), num_groups=2, group_size=2, max_steps=2)
+    batch = one_batch(module, rollout)
+    n = len(batch["chosen"])
+    batch["wm_selected"] = torch.arange(n) < 2
+    batch["wm_selected_frac"] = 0.25  # the update selected a quarter of its transitions
+    per_update = values(module.loss_terms(batch)[2])["paw/wm_term"]
+    module.hparams.wm_normalize = "minibatch"
+    per_minibatch = values(module.loss_terms(batch)[2])["paw/wm_term"]
+    # minibatch: sum / 2 selected rows; update: sum / (0.25 x n rows)
+    assert per_update == pytest.approx(per_minibatch * 2 / (0.25 * n), rel=1e-5)
+
+
+@pytest.mark.parametrize("actor", [ScoreActor(), GenerateActor(max_new_tokens=4)], ids=["score", "generate"])
+def test_default_targets_leave_the_batch_bit_for_bit_as_before(actor):
+    module = PaWModule(lr=1e-3, wm_horizon=1, wm_context="raw")
+    rollout = rollout_for(module, actor)
+    assert all(t.wm_ids is None for t in rollout.transitions)  # nothing written at the paper's settings
+    from paw_lightning.rollout.batch import collate
+    from paw_lightning.world_model import build_targets
+
+    plain = collate(rollout.transitions, rollout.mode, 0)
+    for t, target in zip(rollout.transitions, build_targets(rollout.transitions, horizon=1)):
+        t.wm_ids, t.wm_loss_mask = target.ids, target.loss_mask
+    built = collate(rollout.transitions, rollout.mode, 0)
+    assert plain.keys() == built.keys()
+    assert all(torch.equal(plain[k], built[k]) for k in plain if torch.is_tensor(plain[k]))
+
+
+def test_turn_context_and_horizon_reach_the_training_rows_and_validation_reads_one_framed_step():
+    module = PaWModule(lr=1e-3, wm_context="turn", wm_horizon=2)
+    rollout = rollout_for(module, ScoreActor(), num_groups=1, group_size=2, max_steps=3)
+    batch = collate_of(module, rollout)
+    frame = module._frame.after_action
+    t0 = rollout.transitions[0]
+    assert t0.wm_ids[: len(frame)] == list(frame) and t0.wm_loss_mask[: len(frame)] == [False] * len(frame)
+    nxt = rollout.transitions[1]
+    assert batch["input_ids"][0][batch["obs_mask"][0]].tolist() == t0.obs_ids + nxt.obs_ids  # both observations, nothing else
+    correct, total = module._heldout_wm_correct(rollout)
+    assert total == sum(len(t.obs_ids) for t in rollout.transitions)  # one step, the real o_{t+1}
+
+
+def collate_of(module, rollout):
+    from paw_lightning.rollout.batch import collate
+
+    return collate(rollout.transitions, rollout.mode, module.tokenizer.pad_token_id)
+
+
+def test_dedup_drops_repeats_of_a_waiting_agent_and_records_the_update_s_selected_share():
+    module = PaWModule(lr=1e-3, wm_dedup=True)
+    rollout = rollout_for(module, ScoreActor(), num_groups=2, group_size=2, max_steps=3)
+    from paw_lightning.world_model import transition_key
+
+    keys = [transition_key(t) for t in rollout.transitions]
+    assert len(set(keys)) < len(keys)  # the corridor repeats itself ("wait" at the same position)
+    module.finish_wm_rows(rollout)
+    kept = [k for k, s in zip(keys, rollout.wm_selected.tolist()) if s]
+    assert sorted(kept) == sorted(set(keys))  # one of each
+    assert rollout.metrics["paw/dedup_dropped_frac"] == pytest.approx(1 - len(set(keys)) / len(keys))
+    assert rollout.wm_selected_frac == pytest.approx(len(set(keys)) / len(keys))
+
+
+def test_normalized_selection_ranks_uncertainty_not_the_number_of_commands():
+    from paw_lightning.callbacks import ActionEntropySelection
+
+    module = PaWModule(lr=1e-3)
+    rollout = rollout_for(module, ScoreActor(), num_groups=1, group_size=2, max_steps=2)
+    rollout.transitions[0].candidate_ids = rollout.transitions[0].candidate_ids * 4  # 8 commands
+    rollout.action_entropy = torch.tensor([math.log(2)] + [math.log(2) * 0.9] * (len(rollout) - 1))
+    rollout.wm_selected = torch.ones(len(rollout), dtype=torch.bool)
+    ActionEntropySelection(ratio=0.25, entropy="raw").on_rollout_end(None, module, rollout)
+    assert rollout.wm_selected.tolist()[0]  # raw: the long list's step wins
+    rollout.wm_selected = torch.ones(len(rollout), dtype=torch.bool)
+    ActionEntropySelection(ratio=0.25, entropy="normalized").on_rollout_end(None, module, rollout)
+    assert not rollout.wm_selected.tolist()[0]  # log 2 of log 8 is less certain than 0.9 log 2 of log 2
+    with pytest.raises(ValueError, match="entropy"):
+        ActionEntropySelection(entropy="vocab")
+
+
+class GradTermCheck(L.Callback):
+    """At every step, the logged per-term gradient norms against two separate backward passes of a copy
+    of the module as it was when the step began."""
+
+    def __init__(self):
+        self.checked = []
+
+    def on_train_batch_start(self, trainer, module, batch, batch_idx):
+        self.state = copy.deepcopy(module.state_dict())
+
+    def on_train_batch_end(self, trainer, module, outputs, batch, batch_idx):
+        if (trainer.global_step - 1) % module.hparams.log_grad_terms_every_n_steps:
+            assert module._wm_grads is None  # measured on no other step
+            return
+        measured = {k: float(v) for k, v in module.grad_terms.items()}
+        twin = quiet(PaWModule(**module.hparams))
+        twin.load_state_dict(self.state)
+        rl, wm, _ = twin.loss_terms(batch)
+        params = [p for p in twin.parameters() if p.requires_grad]
+        norm = lambda loss: torch.sqrt(sum((g ** 2).sum() for g in torch.autograd.grad(loss, params, retain_graph=True, allow_unused=True) if g is not None))
+        expected_rl, expected_wm = norm(rl), (norm(wm) if wm is not None else torch.zeros(()))
+        self.checked.append((measured["grad/rl_norm"], float(expected_rl), measured["grad/wm_norm"], float(expected_wm)))
+
+
+def test_logged_gradient_norms_per_term_equal_separate_backward_passes(tmp_path):
+    module = PaWModule(lr=1e-2, log_grad_terms_every_n_steps=2, world_model="head")
+    check = GradTermCheck()
+    trainer = corridor_fit(tmp_path, module, max_epochs=2, callbacks=[check])
+    assert check.checked and trainer.global_step >= 4
+    assert len(check.checked) == len(range(0, trainer.global_step, 2))  # every second optimiser step
+    for rl, expected_rl, wm, expected_wm in check.checked:
+        assert rl == pytest.approx(expected_rl, rel=1e-4, abs=1e-7) and wm == pytest.approx(expected_wm, rel=1e-4, abs=1e-7)
+    assert any(wm > 0 for _, _, wm, _ in check.checked)
+    ratio = metric_column(tmp_path, "grad/wm_over_rl")  # per iteration: the mean over its measured steps
+    assert len(ratio) == 2 and all(r >= 0 for r in ratio)
+
+
+@pytest.mark.parametrize("options", [
+    {"wm_context": "turn", "wm_horizon": 2, "wm_dedup": True, "wm_normalize": "update", "wm_target": "shuffled"},
+    {"wm_context": "turn", "wm_horizon": 3, "world_model": "head", "wm_dedup": True},
+    {"wm_coef": 0.0},
+], ids=["options-shared-placebo", "options-head", "no-wm"])
+def test_two_iterations_fit_with_the_world_model_options(tmp_path, options):
+    module = PaWModule(lr=1e-2, log_grad_terms_every_n_steps=1, **options)
+    corridor_fit(tmp_path, module, max_epochs=2)
+    assert len(metric_column(tmp_path, "rollout/zero_adv_group_frac")) == 2
+    selected = metric_column(tmp_path, "paw/selected_frac")
+    assert (selected == []) == (options.get("wm_coef", 1.0) == 0)  # absent when no WM loss runs
+    if options.get("wm_coef", 1.0) > 0:
+        assert metric_column(tmp_path, "paw/wm_term_step") and metric_column(tmp_path, "grad/wm_norm")
+        assert metric_column(tmp_path, "paw/dedup_dropped_frac")
+    else:
+        assert set(metric_column(tmp_path, "grad/wm_norm")) == {0.0}

@@ -33,8 +33,10 @@ def build_rows(
     pad_id: int,
     obs: Sequence[list[int]] | None = None,
     chosen: Sequence[int] | None = None,
+    obs_loss: Sequence[list[bool]] | None = None,
 ) -> dict:
-    """Pack ``prompt + branch_1 + ... + branch_C`` per row; ``obs[b]`` follows branch ``chosen[b]``.
+    """Pack ``prompt + branch_1 + ... + branch_C`` per row; ``obs[b]`` follows branch ``chosen[b]``, and
+    ``obs_loss[b]`` (default: all true) says which of its tokens are in ``obs_mask``.
 
     Returns (R, T) tensors: ``input_ids``, ``attention_mask`` (bool, real tokens), ``position_ids``,
     ``branch`` (-1 prompt, j for branch j, -2 padding), ``source`` (the position whose hidden state
@@ -46,15 +48,18 @@ def build_rows(
     for b, (prompt, row_branches) in enumerate(zip(prompts, branches)):
         ids, pos, branch, is_obs = list(prompt), list(range(len(prompt))), [PROMPT_BRANCH] * len(prompt), [False] * len(prompt)
         source = [max(i - 1, 0) for i in range(len(prompt))]
+        is_action = [False] * len(prompt)
         for j, cand in enumerate(row_branches):
             tail = list(obs[b]) if obs is not None and chosen is not None and j == chosen[b] else []
+            scored = list(obs_loss[b]) if obs_loss is not None and tail else [True] * len(tail)
             first = len(ids)
             source += [len(prompt) - 1] + list(range(first, first + len(cand) + len(tail) - 1))
             ids += cand + tail
             pos += range(len(prompt), len(prompt) + len(cand) + len(tail))
             branch += [j] * (len(cand) + len(tail))
-            is_obs += [False] * len(cand) + [True] * len(tail)
-        rows.append((ids, pos, branch, is_obs, source))
+            is_obs += [False] * len(cand) + scored
+            is_action += [True] * len(cand) + [False] * len(tail)
+        rows.append((ids, pos, branch, is_obs, source, is_action))
     width = max((len(r[0]) for r in rows), default=1)
     n = len(rows)
     input_ids = torch.full((n, width), pad_id, dtype=torch.long)
@@ -62,13 +67,14 @@ def build_rows(
     branch = torch.full((n, width), PAD_BRANCH, dtype=torch.long)
     obs_mask = torch.zeros((n, width), dtype=torch.bool)
     source = torch.zeros((n, width), dtype=torch.long)
-    for i, (ids, pos, br, is_obs, src) in enumerate(rows):
+    action_mask = torch.zeros((n, width), dtype=torch.bool)
+    for i, (ids, pos, br, is_obs, src, is_action) in enumerate(rows):
         source[i, : len(src)] = torch.as_tensor(src, dtype=torch.long)
         input_ids[i, : len(ids)] = torch.as_tensor(ids, dtype=torch.long)
         position_ids[i, : len(pos)] = torch.as_tensor(pos, dtype=torch.long)
         branch[i, : len(br)] = torch.as_tensor(br, dtype=torch.long)
         obs_mask[i, : len(is_obs)] = torch.as_tensor(is_obs, dtype=torch.bool)
-    action_mask = (branch >= 0) & ~obs_mask
+        action_mask[i, : len(is_action)] = torch.as_tensor(is_action, dtype=torch.bool)
     return {
         "input_ids": input_ids,
         "attention_mask": branch != PAD_BRANCH,
@@ -92,7 +98,9 @@ def collate(transitions: Sequence[Transition], mode: str, pad_id: int) -> dict:
     else:
         branches = [[t.action_ids] for t in transitions]
         chosen = [0] * len(transitions)
-    batch = build_rows([t.prompt_ids for t in transitions], branches, pad_id, [t.obs_ids for t in transitions], chosen)
+    targets = [t.wm_target() for t in transitions]
+    batch = build_rows([t.prompt_ids for t in transitions], branches, pad_id, [ids for ids, _ in targets], chosen,
+                       [scored for _, scored in targets])
     batch["chosen"] = torch.tensor(chosen, dtype=torch.long)
     batch["num_candidates"] = torch.tensor([len(b) for b in branches], dtype=torch.long)
     batch["mode"] = mode
@@ -132,6 +140,7 @@ def training_batch(rollout: Rollout, indices: Sequence[int], pad_id: int) -> dic
     batch["advantages"] = rollout.advantages[idx]
     batch["wm_selected"] = rollout.wm_selected[idx]
     batch["wm_weight"] = rollout.wm_weight[idx]
+    batch["wm_selected_frac"] = rollout.wm_selected_frac
     if rollout.old_values is not None:
         batch["old_values"] = rollout.old_values[idx]
         batch["value_targets"] = rollout.value_targets[idx]

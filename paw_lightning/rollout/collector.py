@@ -199,6 +199,7 @@ class Collector:
             temperature=self.actor.temperature,
             iteration=iteration,
             wall_s=time.perf_counter() - start,
+            max_obs_tokens=self.max_obs_tokens,
         )
 
     def _step(self, slot: _Slot, prompt: list[int], out, result: EnvResult, step: int, tokenizer) -> Transition:

@@ -35,6 +35,16 @@ class Transition:
     candidate_ids: list[list[int]] | None = None  # score actor: every admissible command, tokenised
     chosen: int = -1  # score actor: index of the taken candidate
     observation: str = ""  # o_t, the observation the action was taken in (GiGPO's anchor state)
+    # The world-model target after a_t, set by PaWModule.prepare_rollout (world_model.build_targets) when an
+    # option changes it; None means obs_ids, every token in the loss.
+    wm_ids: list[int] | None = None
+    wm_loss_mask: list[bool] | None = None  # per wm_ids token: is it an observation token the WM loss scores
+
+    def wm_target(self) -> tuple[list[int], list[bool]]:
+        """(tokens after a_t, which of them the world-model loss scores)."""
+        if self.wm_ids is None:
+            return list(self.obs_ids), [True] * len(self.obs_ids)
+        return list(self.wm_ids), list(self.wm_loss_mask)
 
 
 @dataclass
@@ -76,6 +86,8 @@ class Rollout:
     # Per transition, written by the PaW callbacks (defaults: every transition, weight wm_coef):
     wm_selected: Tensor | None = None  # (N,) bool
     wm_weight: Tensor | None = None  # (N,)
+    wm_selected_frac: float = 1.0  # selected share of every process's transitions (wm_normalize: update)
+    max_obs_tokens: int | None = None  # the collector's cap on o_{t+1}, which also caps longer WM targets
     metrics: dict[str, float] = field(default_factory=dict)  # extra metrics from the rollout hooks
 
     def __len__(self) -> int:
@@ -102,15 +114,17 @@ class Rollout:
         return len(self.transitions)
 
     def permute_wm_targets(self, source: Tensor) -> None:
-        """Give transition i the world-model target (``obs_ids`` and ``next_obs``) of transition ``source[i]``.
+        """Give transition i the world-model target (``wm_target()``, whatever the options built) of
+        transition ``source[i]``.
 
-        Only the o_{t+1} the world model learns changes: prompts, actions, rewards, ``done`` and the
-        observation o_t the action was taken in stay, so the RL side of the rollout is untouched.
+        Only what the world model learns changes: prompts, actions, rewards, ``done``, o_t and the real
+        o_{t+1} (``obs_ids``, ``next_obs``) stay, so the RL side of the rollout is untouched.
         """
         if len(source) != len(self):
             raise ValueError(f"need one source index per transition ({len(self)}), got {len(source)}")
-        old = self.transitions
-        self.transitions = [replace(t, obs_ids=old[j].obs_ids, next_obs=old[j].next_obs) for t, j in zip(old, source.tolist())]
+        targets = [t.wm_target() for t in self.transitions]
+        self.transitions = [replace(t, wm_ids=targets[j][0], wm_loss_mask=targets[j][1])
+                            for t, j in zip(self.transitions, source.tolist())]
 
     def episode_returns(self) -> tuple[Tensor, Tensor]:
         """(E,) returns and (E,) groups of the episodes, indexed by episode_id."""
