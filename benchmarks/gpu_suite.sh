@@ -76,7 +76,7 @@ if [ "$DRY_RUN" = 1 ]; then
   DEVICE=(--device cpu)
   SMALL_UPDATE=(--shape tiny --batch 2 --prompt 16 --action 8 --obs 8 --lora_rank 4 --steps 1
                 --decode_batch 2 --decode_prompt 8 --decode_steps 2)
-  ARGS_update=("${SMALL_UPDATE[@]}" --modes lora,qlora,decode)
+  ARGS_update=("${SMALL_UPDATE[@]}" --modes lora,qlora,decode --budget 40)
   ARGS_qlora7b=("${SMALL_UPDATE[@]}" --modes qlora)
   ARGS_vllm=(--shape tiny --batch 2 --prompt 8 --steps 2)
   POOL='{"challenge": "tw-coin_collector", "settings": {"level": 3}, "num_train": 3, "num_eval": 2, "progress": false}'
@@ -85,7 +85,8 @@ if [ "$DRY_RUN" = 1 ]; then
   LIMIT=300
 else
   DEVICE=(--device cuda)
-  ARGS_update=(--shape qwen2.5-1.5b --modes lora,qlora,decode)
+  # --budget: the same 8-row mini-batch in micro-batches of 2 rows (2 x 2816 tokens)
+  ARGS_update=(--shape qwen2.5-1.5b --modes lora,qlora,decode --budget 5632)
   ARGS_qlora7b=(--shape qwen2.5-7b --modes qlora)
   ARGS_vllm=(--shape qwen2.5-1.5b)
   ARGS_fit=(--shape qwen2.5-0.5b)

@@ -51,11 +51,12 @@ def main() -> None:
     parser.add_argument("extra", nargs="*", help="arguments for paw fit (after --)")
     args = parser.parse_args()
     load = os.getloadavg()
+    config = os.path.abspath(args.config)
     with tempfile.TemporaryDirectory() as folder:
         os.chdir(folder)  # the run's logs and checkpoints go to a scratch folder
-        cli_main(["fit", "--config", os.path.abspath(args.config) if not os.path.isabs(args.config) else args.config,
+        cli_main(["fit", "--config", config,
                   f"--model.log_grad_terms_every_n_steps={EVERY}", "--trainer.callbacks+=__main__.StepTimer",
-                  "--trainer.enable_checkpointing=false", "--data.val_episodes=0", "--data.progress=false",
+                  "--data.val_episodes=0", "--data.progress=false",
                   "--trainer.enable_progress_bar=false", *args.extra])
     report = StepTimer.report
     plain, measured = report.get("plain_s", []), report.get("measured_s", [])

@@ -103,9 +103,11 @@ def update_benchmark(args, folder: str, quantize: str | None) -> dict:
     from paw_lightning.module import PaWModule
 
     results = {}
-    for arm, wm_coef in (("paw", 1.0), ("grpo", 0.0)):
+    arms = [("paw", 1.0, None), ("grpo", 0.0, None)] + ([("paw_budget", 1.0, args.budget)] if args.budget else [])
+    for arm, wm_coef, budget in arms:
         module = PaWModule(model_name=folder, dtype="bfloat16", lora_rank=args.lora_rank, quantize=quantize,
-                           gradient_checkpointing=True, kl_coef=0.01, wm_coef=wm_coef, lr=1e-5).to(args.device)
+                           gradient_checkpointing=True, kl_coef=0.01, wm_coef=wm_coef, lr=1e-5,
+                           max_tokens_per_micro_batch=budget).to(args.device)
         module.train()
         vocab = module.model.config.vocab_size
         batch = synthetic_batch(args.batch, args.prompt, args.action, args.obs, min(vocab, 2048), args.device)
@@ -117,6 +119,9 @@ def update_benchmark(args, folder: str, quantize: str | None) -> dict:
             torch.cuda.empty_cache()
     results["paw_over_grpo_time"] = results["paw"]["s_per_update"] / results["grpo"]["s_per_update"]
     results["paw_over_grpo_memory"] = results["paw"]["peak_gb"] / results["grpo"]["peak_gb"]
+    if args.budget:  # the same mini-batch in micro-batches of at most --budget tokens
+        results["budget_over_whole_time"] = results["paw_budget"]["s_per_update"] / results["paw"]["s_per_update"]
+        results["budget_over_whole_memory"] = results["paw_budget"]["peak_gb"] / results["paw"]["peak_gb"]
     return results
 
 
@@ -173,6 +178,8 @@ def main() -> None:
     parser.add_argument("--obs", type=int, default=256)
     parser.add_argument("--lora_rank", type=int, default=16)
     parser.add_argument("--steps", type=int, default=3)
+    parser.add_argument("--budget", type=int, default=None,
+                        help="also time PaW with max_tokens_per_micro_batch = this (the same mini-batch, split)")
     parser.add_argument("--modes", default="lora,qlora,decode", help="comma list of lora (bf16), qlora (nf4), decode")
     parser.add_argument("--decode_batch", type=int, default=64)
     parser.add_argument("--decode_prompt", type=int, default=512)

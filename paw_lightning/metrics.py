@@ -82,7 +82,8 @@ def combine_rank_metrics(per_rank: Sequence[dict[str, float]], episodes: Sequenc
 
 
 class TokenMean(MeanMetric):
-    """A mean over tokens (weighted by token count), so small and large mini-batches count fairly.
+    """A mean over tokens: each step adds its token share with ``weight`` = its (weighted) token count, so
+    small and large mini-batches count fairly.
 
     With several processes each one logs its own mean (rank 0's is written): a rank logs the world-model
     metrics only in steps that have world-model rows, so a cross-process sync when the epoch ends could
@@ -91,9 +92,3 @@ class TokenMean(MeanMetric):
 
     def __init__(self, **kwargs) -> None:
         super().__init__(**({"sync_on_compute": False} | kwargs))
-
-    def forward_tokens(self, values: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
-        """Accumulate the masked values and return this batch's token mean (Lightning logs the metric).
-        ``mask`` may be a float weight per token (e.g. each world-model row's weight)."""
-        count = mask.sum().float().clamp(min=1e-12)
-        return self((values.float() * mask).sum() / count, weight=count)

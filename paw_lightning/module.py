@@ -55,7 +55,16 @@ from paw_lightning.losses import (
 from paw_lightning.errors import NonFiniteTrainingError
 from paw_lightning.metrics import TokenMean, combine_rank_metrics, episode_metrics, rollout_metrics
 from paw_lightning.models import TINY, DType, Quantize, check_model_options, check_model_source, load_model, trunk_and_head
-from paw_lightning.rollout.batch import SCORE, collate, prompt_end, unit_mask
+from paw_lightning.rollout.batch import (
+    SCORE,
+    BatchTotals,
+    collate,
+    micro_batches,
+    prompt_end,
+    row_length,
+    token_budget_groups,
+    unit_mask,
+)
 from paw_lightning.rollout.types import Rollout
 from paw_lightning.selection import derangement
 from paw_lightning.world_model import (
@@ -71,6 +80,7 @@ from paw_lightning.world_model import (
 WorldModel = Literal["shared", "head"]
 WMTarget = Literal["next_obs", "shuffled"]
 NO_SHARE = {"rl": 1.0, "value": 1.0, "wm": 1.0}  # one process: every loss term as it is
+JOINED = ("_values", "_targets")  # per-row logs of a micro-batch: concatenated over the step, not summed
 
 
 def engine_logprob_gap(rollout: Rollout) -> float | None:
@@ -103,6 +113,8 @@ def check_module_options(**options) -> None:
     for name in ("head_chunk_size", "score_batch_size", "max_skipped_steps", "wm_horizon"):
         if not o[name] >= 1:
             raise ValueError(f"{name} must be >= 1, got {o[name]}")
+    if o["max_tokens_per_micro_batch"] is not None and not o["max_tokens_per_micro_batch"] >= 1:
+        raise ValueError(f"max_tokens_per_micro_batch must be >= 1 (or null: no micro-batches), got {o['max_tokens_per_micro_batch']}")
     if not o["log_grad_terms_every_n_steps"] >= 0:
         raise ValueError(f"log_grad_terms_every_n_steps must be >= 0 (0 = off), got {o['log_grad_terms_every_n_steps']}")
     if not 0.0 < o["cmae_rho"] <= 1.0:
@@ -189,6 +201,11 @@ class PaWModule(L.LightningModule):
         value_lr: learning rate of the value head (PPO; default: ``lr``).
         head_chunk_size: hidden states sent through the output head at once.
         score_batch_size: transitions per forward in the no-grad scoring pass.
+        max_tokens_per_micro_batch: cut each mini-batch into micro-batches of at most this many padded
+            tokens (rows grouped by length), accumulate their gradients and take one optimiser step, with
+            every loss term normalised over the whole mini-batch: the same update in less memory (null =
+            the whole mini-batch at once). The no-grad scoring passes keep to it too. A row longer than
+            the budget runs alone (no row is split).
         grad_clip: clip the gradient's total norm to this before each optimiser step (0 = off); the one
             clipping knob (``trainer.gradient_clip_val`` is refused; Lightning's clipping hook applies this).
         max_skipped_steps: stop the run (``NonFiniteTrainingError``) after this many optimiser steps in a
@@ -235,6 +252,7 @@ class PaWModule(L.LightningModule):
         value_lr: float | None = None,
         head_chunk_size: int = DEFAULT_CHUNK,
         score_batch_size: int = 32,
+        max_tokens_per_micro_batch: int | None = None,
         grad_clip: float = 1.0,
         max_skipped_steps: int = 10,
     ) -> None:
@@ -268,6 +286,7 @@ class PaWModule(L.LightningModule):
         self._frame = turn_frame(self.tokenizer, wm_context)
         self._wm_grads: list[Tensor] | None = None  # the WM term's gradient on a grad-terms step (see configure_gradient_clipping)
         self.grad_terms: dict[str, Tensor] = {}  # the latest measured per-term gradient norms
+        self._learner = {"tokens": 0.0, "padded": 0.0, "seconds": 0.0}  # this iteration's training steps (perf/)
         self._rollout_metrics: dict[str, float] = {}
         self.elapsed_s = 0.0  # wall time of the run so far, kept across resumes
         self._clock_origin = time.perf_counter()
@@ -340,7 +359,7 @@ class PaWModule(L.LightningModule):
             if need_ref:
                 rollout.ref_logprobs = scored["ref"]
             if need_values:
-                rollout.old_values = torch.cat(scored["values"]) if n else torch.zeros(0)
+                rollout.old_values = torch.stack(scored["values"]) if n else torch.zeros(0)
         rollout.advantages = self._advantages(rollout) if n else torch.zeros(0)
         if n:
             rollout.metrics["rollout/zero_adv_group_frac"] = zero_advantage_group_frac(rollout.advantages, rollout.group_ids)
@@ -408,10 +427,9 @@ class PaWModule(L.LightningModule):
         """No-grad unit log-probs and entropies (policy and/or reference) and critic values per transition."""
         was_training = self.model.training
         self.model.eval()
-        out: dict[str, list[Tensor]] = {"old": [], "ref": [], "entropy": [], "values": []}
-        size = self.hparams.score_batch_size
-        for start in range(0, len(rollout), size):
-            batch = self._to_device(collate(rollout.transitions[start : start + size], rollout.mode, self.tokenizer.pad_token_id))
+        found: dict[str, dict[int, Tensor]] = {"old": {}, "ref": {}, "entropy": {}, "values": {}}
+        for rows in self._scoring_chunks(rollout):
+            batch = self._to_device(collate([rollout.transitions[i] for i in rows], rollout.mode, self.tokenizer.pad_token_id))
             batch["temperature"] = rollout.temperature
             mask = unit_mask(batch)
             if policy or values:
@@ -419,18 +437,26 @@ class PaWModule(L.LightningModule):
                 hidden = trunk_hidden(trunk, batch)
                 if policy:
                     logp, ent = self._policy_units(self.model, hidden, batch)
-                    out["old"] += [row[m].float().cpu() for row, m in zip(logp, mask)]
-                    out["entropy"] += [row[m].float().mean().cpu() for row, m in zip(ent, mask)]
+                    found["old"] |= {i: row[m].float().cpu() for i, row, m in zip(rows, logp, mask)}
+                    found["entropy"] |= {i: row[m].float().mean().cpu() for i, row, m in zip(rows, ent, mask)}
                 if values:
-                    out["values"].append(self._values(hidden, batch).float().cpu())
+                    found["values"] |= dict(zip(rows, self._values(hidden, batch).float().cpu().unbind(0)))
             if reference:
                 context, ref_model = self._reference()
                 with context:
                     ref_trunk, _ = trunk_and_head(ref_model)
                     ref_logp, _ = self._policy_units(ref_model, trunk_hidden(ref_trunk, batch), batch)
-                out["ref"] += [row[m].float().cpu() for row, m in zip(ref_logp, mask)]
+                found["ref"] |= {i: row[m].float().cpu() for i, row, m in zip(rows, ref_logp, mask)}
         self.model.train(was_training)
-        return out
+        return {key: [part[i] for i in sorted(part)] for key, part in found.items()}
+
+    def _scoring_chunks(self, rollout: Rollout) -> list[list[int]]:
+        """The no-grad passes' batches: ``score_batch_size`` transitions at most, and with a token budget
+        at most ``max_tokens_per_micro_batch`` padded tokens (rows grouped by length)."""
+        budget, size = self.hparams.max_tokens_per_micro_batch, self.hparams.score_batch_size
+        if budget is None:
+            return [list(range(start, min(start + size, len(rollout)))) for start in range(0, len(rollout), size)]
+        return token_budget_groups([row_length(t, rollout.mode) for t in rollout.transitions], budget, max_rows=size)
 
     def _values(self, hidden: Tensor, batch: dict) -> Tensor:
         """(B,) critic values V(h_t), read at each row's last prompt token."""
@@ -469,31 +495,77 @@ class PaWModule(L.LightningModule):
 
     # ----- training -----------------------------------------------------------------------------
     def training_step(self, batch: dict, batch_idx: int) -> Tensor:
-        rl_loss, wm_loss, logs = self.loss_terms(batch)
-        loss = rl_loss if wm_loss is None else rl_loss + wm_loss
-        if self._grad_terms_step():
-            self._add_wm_grads(wm_loss)
-        logs["loss/total"] = loss
-        self._loss_finite = torch.isfinite(loss.detach()) & self._loss_finite  # read at the optimiser step (no sync here)
-        size = len(batch["chosen"])
+        """One optimiser step on one mini-batch, in micro-batches of ``max_tokens_per_micro_batch`` tokens.
+
+        Every micro-batch but the last is back-propagated here (inside DDP's forward, so DDP does not
+        sync it: its gradient accumulates locally); the last one's loss is returned for Lightning's
+        backward, which syncs the accumulated gradient once. The returned tensor's value is the whole
+        mini-batch's loss. Each term divides by mini-batch-wide counts (``BatchTotals``), so the
+        micro-batches' losses and logs add up to the unsplit step's."""
+        totals = BatchTotals.of(batch)
+        micros = micro_batches(batch, self.hparams.max_tokens_per_micro_batch)
+        parts: dict[str, Tensor] = {}
+        earlier = None
+        measure = self._grad_terms_step()
+        for i, micro in enumerate(micros):
+            rl_loss, wm_loss, logs = self.loss_terms(micro, totals)
+            loss = rl_loss if wm_loss is None else rl_loss + wm_loss
+            if measure:
+                self._add_wm_grads(wm_loss)
+            self._loss_finite = torch.isfinite(loss.detach()) & self._loss_finite  # read at the optimiser step (no sync here)
+            for key, value in logs.items():  # shares add up; the critic's values and targets are joined
+                value = value.detach()
+                parts[key] = value if key not in parts else torch.cat([parts[key], value]) if key in JOINED else parts[key] + value
+            self._count_learner_tokens(micro)
+            if i < len(micros) - 1:
+                (loss / self._accumulation()).backward()
+                earlier = loss.detach() if earlier is None else earlier + loss.detach()
+        if earlier is not None:
+            loss = loss + earlier  # the mini-batch's value; only the last micro-batch's graph is left
+        self._log_step(parts, totals, loss)
+        return loss
+
+    def _accumulation(self) -> int:
+        """Lightning's gradient accumulation factor (it divides the returned loss by it)."""
+        return self.trainer.accumulate_grad_batches if self._trainer is not None else 1
+
+    def _count_learner_tokens(self, micro: dict) -> None:
+        attention = micro["attention_mask"]
+        self._learner["tokens"] += float(attention.sum())
+        self._learner["padded"] += float(attention.numel())
+
+    def _log_step(self, parts: dict[str, Tensor], totals: BatchTotals, loss: Tensor) -> None:
+        """Log the step's summed terms; the token-weighted WM metrics also feed their per-iteration means."""
+        logs = {k: v for k, v in parts.items() if not k.startswith("_")}
+        if "_values" in parts:
+            logs["loss/explained_variance"] = explained_variance(parts["_values"], parts["_targets"]).nan_to_num(0.0)
+        if "_wm_token_acc" in parts:
+            self.wm_token_acc(parts["_wm_token_acc"], weight=totals.wm_tokens)
+            self.clipped_token_frac(parts["_clipped_token_frac"], weight=totals.wm_tokens)
+            self.wm_token_acc_all_rows(parts["_token_acc_all_rows"], weight=max(totals.obs_tokens, 1e-12))
+            logs |= {"wm/token_acc": self.wm_token_acc, "paw/clipped_token_frac": self.clipped_token_frac,
+                     "wm/token_acc_all_rows": self.wm_token_acc_all_rows}
+        logs["loss/total"] = loss.detach()
+        size = totals.rows
         self.log_dict(logs, on_step=True, on_epoch=True, batch_size=size)
         self.log_dict(self._rollout_metrics, on_step=False, on_epoch=True, batch_size=size)
         if "episode/success_rate" in self._rollout_metrics:
             self.log("success", self._rollout_metrics["episode/success_rate"], prog_bar=True, logger=False, batch_size=size)
-        return loss
 
-    def loss_terms(self, batch: dict) -> tuple[Tensor, Tensor | None, dict]:
-        """One forward over the mini-batch: (the RL terms: policy + KL + entropy, plus PPO's value loss;
-        the WM term, None when no row has WM weight; their logs). Their sum is the training loss."""
+    def loss_terms(self, batch: dict, totals: BatchTotals | None = None) -> tuple[Tensor, Tensor | None, dict]:
+        """One forward over a (micro-)batch: (the RL terms: policy + KL + entropy, plus PPO's value loss;
+        the WM term, None when no row has WM weight; their logs). Their sum is the training loss. Every
+        term divides by ``totals`` (default: this batch's own), so the parts of a split mini-batch add up."""
         hp = self.hparams
+        totals = totals or BatchTotals.of(batch)
         trunk, lm_head = trunk_and_head(self.model)
         hidden = trunk_hidden(trunk, batch)
         mask = batch["unit_mask"]
         logp, entropy = self._policy_units(self.model, hidden, batch)
         policy_loss, clip_frac, approx_kl = clipped_policy_loss(
-            logp, batch["old_logprobs"], batch["advantages"], mask, hp.clip_eps
+            logp, batch["old_logprobs"], batch["advantages"], mask, hp.clip_eps, totals.units
         )
-        entropy_mean = masked_mean(entropy, mask)
+        entropy_mean = masked_mean(entropy, mask, totals.units)
         # With several processes each term is scaled by this rank's share of the step's global counts
         # (distributed.balanced_minibatches): DDP's gradient mean is then the global token-mean's.
         share = batch.get("loss_scale", NO_SHARE)
@@ -501,20 +573,20 @@ class PaWModule(L.LightningModule):
         logs = {"loss/policy": policy_loss, "loss/entropy": entropy_mean, "loss/clip_frac": clip_frac,
                 "loss/approx_kl": approx_kl}
         if hp.kl_coef > 0:
-            kl = low_var_kl(logp, batch["ref_logprobs"], mask)
+            kl = low_var_kl(logp, batch["ref_logprobs"], mask, denominator=totals.units)
             loss = loss + hp.kl_coef * kl
             logs["loss/kl"] = kl
         loss = loss * share["rl"]
         if self.value_head is not None:
             values = self._values(hidden, batch).float()
-            value_loss = clipped_value_loss(values, batch["old_values"], batch["value_targets"], hp.value_clip)
+            value_loss = clipped_value_loss(values, batch["old_values"], batch["value_targets"], hp.value_clip, totals.rows)
             loss = loss + hp.value_coef * value_loss * share["value"]
             logs["loss/value"] = value_loss
-            logs["loss/explained_variance"] = explained_variance(values.detach(), batch["value_targets"]).nan_to_num(0.0)
+            logs["_values"], logs["_targets"] = values.detach(), batch["value_targets"]  # explained variance: over the whole step
         weight = batch["wm_weight"] * batch["wm_selected"].float()  # (B,)
         wm_loss = None
         if weight.sum() > 0:
-            wm_loss, wm_logs = self._world_model_loss(hidden, lm_head, batch, weight)
+            wm_loss, wm_logs = self._world_model_loss(hidden, lm_head, batch, weight, totals)
             logs |= wm_logs
         elif self.wm_head is not None and self.ranks.distributed:
             # DDP waits for a gradient of every trainable weight on every rank: the WM head gets a zero one
@@ -550,11 +622,10 @@ class PaWModule(L.LightningModule):
         trunk, lm_head = trunk_and_head(self.model)
         head = self.wm_head if self.wm_head is not None else lm_head
         correct = total = 0
-        size = self.hparams.score_batch_size
         heldout = copy.copy(rollout)
         self._build_wm_targets(heldout, horizon=1)  # o_{t+1} alone, framed as in training
-        for start in range(0, len(heldout), size):
-            batch = self._to_device(collate(heldout.transitions[start : start + size], heldout.mode, self.tokenizer.pad_token_id))
+        for rows in self._scoring_chunks(heldout):
+            batch = self._to_device(collate([heldout.transitions[i] for i in rows], heldout.mode, self.tokenizer.pad_token_id))
             hidden = trunk_hidden(trunk, batch)
             obs_mask = batch["obs_mask"]
             stats = head_stats(head, hidden, batch["input_ids"], obs_mask, 1.0, self.hparams.head_chunk_size, batch["source"])
@@ -563,9 +634,11 @@ class PaWModule(L.LightningModule):
         self.model.train(was_training)
         return correct, total
 
-    def _world_model_loss(self, hidden: Tensor, lm_head: nn.Module, batch: dict, weight: Tensor) -> tuple[Tensor, dict]:
+    def _world_model_loss(self, hidden: Tensor, lm_head: nn.Module, batch: dict, weight: Tensor,
+                          totals: BatchTotals) -> tuple[Tensor, dict]:
         """The WM term as added to the loss (with several processes: scaled by this rank's share) and its
-        metrics, over the rows with WM weight (see ``world_model.wm_term``)."""
+        metrics' shares, over the rows with WM weight (see ``world_model.wm_term``); the token metrics
+        go out as ``_``-keyed numerators over the mini-batch's totals (``_log_step`` feeds the means)."""
         hp = self.hparams
         head = self.wm_head if self.wm_head is not None else lm_head
         obs_mask = batch["obs_mask"]
@@ -577,21 +650,17 @@ class PaWModule(L.LightningModule):
             clipped = torch.zeros_like(obs_mask)
         share = batch.get("loss_scale", NO_SHARE)
         if hp.wm_normalize == "minibatch":
-            normaliser, scale = batch["wm_selected"].float().sum().clamp(min=1.0), share["wm"]
+            normaliser, scale = max(totals.wm_selected, 1.0), share["wm"]
         else:  # the update's selected share of this mini-batch's rows: a row weighs the same in every batch
-            normaliser, scale = batch["wm_selected_frac"] * len(batch["chosen"]), share["value"]
-        term = wm_term(per_row, weight, normaliser, obs_mask, clipped, stats.correct)
-        token_weight = weight.unsqueeze(-1) * obs_mask  # (B, T): each row's tokens weigh its w_i
-        self.wm_token_acc.forward_tokens(stats.correct, token_weight)
-        self.clipped_token_frac.forward_tokens(clipped, token_weight)
-        self.wm_token_acc_all_rows.forward_tokens(stats.correct, obs_mask)
+            normaliser, scale = batch["wm_selected_frac"] * totals.rows, share["value"]
+        term = wm_term(per_row, weight, normaliser, obs_mask, clipped, stats.correct, totals.wm_weight, totals.wm_tokens)
         logs = {
             "paw/wm_term": term.term.detach(),
             "paw/wm_loss": term.loss,
             "paw/wm_weight_mean": term.weight_mean,
-            "wm/token_acc": self.wm_token_acc,
-            "wm/token_acc_all_rows": self.wm_token_acc_all_rows,
-            "paw/clipped_token_frac": self.clipped_token_frac,
+            "_wm_token_acc": term.token_acc,
+            "_clipped_token_frac": term.clipped_token_frac,
+            "_token_acc_all_rows": (stats.correct & obs_mask).sum().float() / max(totals.obs_tokens, 1e-12),
         }
         return term.term * scale, logs
 
@@ -680,6 +749,12 @@ class PaWModule(L.LightningModule):
                 f"trainer.gradient_clip_val={self.trainer.gradient_clip_val} is not used: set model.grad_clip instead "
                 "(PaWModule clips, and skips non-finite steps, in Lightning's clipping hook)"
             )
+        if self._trainer is not None and self.hparams.max_tokens_per_micro_batch is not None and "16" in str(self.trainer.precision) \
+                and "bf16" not in str(self.trainer.precision):
+            raise ValueError(
+                f"max_tokens_per_micro_batch does not work with trainer.precision={self.trainer.precision} (its loss scaler "
+                "sees only the last micro-batch): use bf16-mixed or 32-true, or set max_tokens_per_micro_batch to null"
+            )
         if self._trainer is not None:
             # FSDP: what this module needs, before the strategy wraps it. With LoRA the model stays one FSDP
             # unit: per-layer units trip a torch FSDP assertion on PEFT models with tied embeddings.
@@ -689,12 +764,23 @@ class PaWModule(L.LightningModule):
         # a resumed run (on_load_checkpoint ran before this) continues its clock
         self._clock_origin = time.perf_counter() - self.elapsed_s
 
+    def on_train_batch_start(self, batch, batch_idx) -> None:
+        self._step_started = time.perf_counter()
+
+    def on_train_batch_end(self, outputs, batch, batch_idx) -> None:
+        self._learner["seconds"] += time.perf_counter() - self._step_started
+
     def on_train_epoch_end(self) -> None:
-        """Log the iteration's wall time (rollout, update and any validation) and the run's total since
-        fit started (set-up and game generation included)."""
+        """Log the iteration's wall time (rollout, update and any validation), the run's total since fit
+        started (set-up and game generation included), and the learner's padding share and throughput."""
         elapsed = time.perf_counter() - self._clock_origin
         seconds, self.elapsed_s = elapsed - self.elapsed_s, elapsed
-        self.log_dict({"perf/iteration_s": seconds, "perf/elapsed_s": elapsed}, on_step=False, on_epoch=True)
+        logs = {"perf/iteration_s": seconds, "perf/elapsed_s": elapsed}
+        learner, self._learner = self._learner, {"tokens": 0.0, "padded": 0.0, "seconds": 0.0}
+        if learner["padded"]:
+            logs["perf/pad_frac"] = 1.0 - learner["tokens"] / learner["padded"]
+            logs["perf/tokens_per_s"] = learner["tokens"] / max(learner["seconds"], 1e-9)
+        self.log_dict(logs, on_step=False, on_epoch=True)
 
     # ----- checkpoints --------------------------------------------------------------------------
     def on_save_checkpoint(self, checkpoint: dict) -> None:

@@ -153,7 +153,8 @@ def dedup_mask(keys: Sequence[object], selected: Tensor) -> Tensor:
 @dataclass
 class WMTerm:
     """The world-model term of one mini-batch and its metrics, all over the same rows: those with a
-    weight w_i = wm_weight * selected > 0 (``rows``), each row or token weighted by w_i."""
+    weight w_i = wm_weight * selected > 0 (``rows``), each row or token weighted by w_i. Given the
+    mini-batch's totals, every field of a micro-batch is its share: the micro-batches' fields add up."""
 
     term: Tensor  # what is added to the loss: sum_i w_i l_i / normaliser
     loss: Tensor  # sum_i w_i l_i / sum_i w_i: the weighted mean per-transition loss
@@ -163,7 +164,10 @@ class WMTerm:
     rows: Tensor  # number of rows with w_i > 0
 
 
-def wm_term(per_row: Tensor, weight: Tensor, normaliser: Tensor | float, obs_mask: Tensor, clipped: Tensor, correct: Tensor) -> WMTerm:
+def wm_term(
+    per_row: Tensor, weight: Tensor, normaliser: Tensor | float, obs_mask: Tensor, clipped: Tensor, correct: Tensor,
+    weight_total: float | None = None, token_total: float | None = None,
+) -> WMTerm:
     """Combine the per-transition WM loss into the term and its metrics.
 
     Args:
@@ -172,18 +176,20 @@ def wm_term(per_row: Tensor, weight: Tensor, normaliser: Tensor | float, obs_mas
         normaliser: what the weighted sum is divided by (selected rows of the mini-batch, or the
             update's selected share x the mini-batch's rows: ``wm_normalize``).
         obs_mask: (R, T) the scored observation tokens; clipped, correct: (R, T) bool.
+        weight_total, token_total: the whole mini-batch's sum of w_i and of w_i x |o_i| when these rows
+            are one micro-batch of it (default: these rows' own).
     """
     w = weight.to(per_row.dtype)
     norm = torch.as_tensor(normaliser, dtype=w.dtype, device=w.device).clamp(min=1e-12)
     term = (w * per_row).sum() / norm
     with torch.no_grad():
-        total = w.sum()
         token_w = w.unsqueeze(-1) * obs_mask.to(w.dtype)  # (R, T): every token of row i weighs w_i
-        tokens = token_w.sum().clamp(min=1e-12)
+        weights = max(float(w.sum()) if weight_total is None else weight_total, 1e-12)
+        tokens = max(float(token_w.sum()) if token_total is None else token_total, 1e-12)
         return WMTerm(
             term=term,
-            loss=(w * per_row).sum() / total.clamp(min=1e-12),
-            weight_mean=total / norm,
+            loss=(w * per_row).sum() / weights,
+            weight_mean=w.sum() / norm,
             clipped_token_frac=(token_w * clipped.to(w.dtype)).sum() / tokens,
             token_acc=(token_w * correct.to(w.dtype)).sum() / tokens,
             rows=(w > 0).sum().to(w.dtype),

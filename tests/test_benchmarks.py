@@ -29,6 +29,7 @@ def test_gpu_suite_dry_run_runs_every_step_on_cpu(tmp_path):
     for mode in ("lora", "qlora"):
         assert update[mode]["paw"]["s_per_update"] > 0 and update[mode]["grpo"]["s_per_update"] > 0
         assert update[mode]["paw_over_grpo_time"] > 0
+        assert update[mode]["paw_budget"]["s_per_update"] > 0 and update[mode]["budget_over_whole_memory"] > 0
     # a difference of two timings: on a loaded 2-core machine a tiny shape can even come out negative
     assert math.isfinite(update["decode"]["decode_ms_per_step"]) and update["decode"]["decode_floor_ms"] > 0
     assert update["device"] == "cpu" and update["settings"]["batch"] == 2
@@ -107,3 +108,22 @@ def test_ddp_benchmark_smoke_run(tmp_path, coin_pool_kwargs):
     run = json.loads(out.read_text())["runs"][0]["runs"][0]
     assert run["processes"] == 1 and run["episodes_per_iteration"] == 2
     assert run["rollout_env_steps_per_s"] > 0 and run["iteration_s"] > 0 and run["env_steps_per_s_overall"] > 0
+
+
+@pytest.mark.slow
+def test_micro_batch_and_grad_terms_benchmarks_run_on_the_tiny_quickstart(tmp_path):
+    small = ["--data.num_groups=1", "--data.group_size=2", "--data.max_steps=2", "--data.mini_batch_size=4", "--data.env_workers=0",
+             '--data.env_kwargs={"challenge": "tw-coin_collector", "settings": {"level": 3}, "num_train": 2, "num_eval": 1}']
+    env = dict(os.environ, PAW_CACHE_DIR=os.environ["PAW_CACHE_DIR"])
+    done = subprocess.run([sys.executable, str(ROOT / "benchmarks/micro_batches.py"), "--config", str(ROOT / "configs/quickstart.yaml"),
+                           "--budgets", "none,64", "--", *small], cwd=tmp_path, env=env, capture_output=True, text=True, timeout=600)
+    assert done.returncode == 0, done.stdout[-2000:] + done.stderr[-2000:]
+    runs = json.loads(done.stdout[done.stdout.index("{\n"):])["runs"]
+    assert [r["budget"] for r in runs] == ["none", "64"] and all(r["peak_rss_gb"] > 0 for r in runs)
+    assert runs[1]["pad_frac"] <= runs[0]["pad_frac"] + 1e-9  # rows grouped by length pad less
+    assert runs[0]["first_step_loss"] == pytest.approx(runs[1]["first_step_loss"], rel=1e-5)  # the same step, split
+    done = subprocess.run([sys.executable, str(ROOT / "benchmarks/grad_terms.py"), "--config", str(ROOT / "configs/quickstart.yaml"),
+                           "--", "--trainer.max_epochs=1", *small], cwd=tmp_path, env=env, capture_output=True, text=True, timeout=600)
+    assert done.returncode == 0, done.stdout[-2000:] + done.stderr[-2000:]
+    report = json.loads(done.stdout[done.stdout.rindex("\n{\n"):])
+    assert report["steps"] and all(s["grad/rl_norm"] > 0 for s in report["steps"])

@@ -403,8 +403,8 @@ def test_wm_metrics_describe_the_selected_weighted_rows_and_combine_into_the_ter
     n = len(batch["chosen"])
     batch["wm_selected"] = torch.arange(n) % 2 == 0
     batch["wm_weight"] = torch.linspace(0.2, 1.0, n)
-    _, wm_loss, logs = module.loss_terms(batch)
-    logged = values(logs)
+    _, wm_loss, _ = module.loss_terms(batch)
+    _, logged = step_result(module, batch)
     # the same rows by hand: every token of the WM rows, each row weighted by its w_i
     from paw_lightning.logprobs import head_stats, trunk_hidden
     from paw_lightning.losses import cmae_loss
@@ -559,3 +559,81 @@ def test_two_iterations_fit_with_the_world_model_options(tmp_path, options):
         assert metric_column(tmp_path, "paw/dedup_dropped_frac")
     else:
         assert set(metric_column(tmp_path, "grad/wm_norm")) == {0.0}
+
+
+# ----- token-budget micro-batches: the same step in less memory ----------------------------------------
+def step_result(module, batch):
+    """(gradients, logged numbers) of one training step on ``batch``."""
+    logged = {}
+    module.log_dict = lambda values, **k: logged.update({key: float(v.compute() if hasattr(v, "compute") else v) for key, v in values.items()})
+    module.log = lambda *a, **k: None
+    for metric in (module.wm_token_acc, module.clipped_token_frac, module.wm_token_acc_all_rows):
+        metric.reset()
+    module.zero_grad()
+    module.training_step(batch, 0).backward()
+    return [p.grad.clone() for p in module.parameters() if p.grad is not None], logged
+
+
+@pytest.mark.parametrize("actor, options", [
+    (ScoreActor(), {}),
+    (GenerateActor(max_new_tokens=5), {}),
+    (ScoreActor(), {"world_model": "head"}),
+    (GenerateActor(max_new_tokens=5), {"advantage": "ppo", "value_lr": 1e-2}),
+], ids=["score", "generate", "wm-head", "ppo-critic"])
+def test_one_mini_batch_gives_the_same_step_whole_row_by_row_and_under_a_token_budget(actor, options):
+    torch.manual_seed(0)
+    module = PaWModule(lr=1e-3, kl_coef=0.01, entropy_coef=0.01, **options)
+    rollout = rollout_for(module, actor, num_groups=2, group_size=2, max_steps=3)
+    n = len(rollout)
+    rollout.advantages = torch.randn(n)  # every term of the loss matters
+    rollout.wm_selected = torch.arange(n) % 3 != 0
+    rollout.wm_weight = torch.rand(n) + 0.1
+    from paw_lightning.rollout.batch import micro_batches, training_batch
+
+    batch = training_batch(rollout, list(range(n)), module.tokenizer.pad_token_id)
+    whole_grads, whole_logs = step_result(module, batch)
+    assert "paw/wm_term" in whole_logs and whole_logs["loss/total"] != 0
+    widths = batch["attention_mask"].sum(1)
+    for budget in (1, int(widths.max()) * 2):
+        assert len(micro_batches(batch, budget)) > 1
+        module.hparams.max_tokens_per_micro_batch = budget
+        grads, logs = step_result(module, batch)
+        assert logs.keys() == whole_logs.keys()
+        for key in logs:
+            assert logs[key] == pytest.approx(whole_logs[key], rel=1e-4, abs=1e-6), key
+        for a, b in zip(whole_grads, grads):
+            assert torch.allclose(a, b, atol=1e-6, rtol=1e-4)
+    module.hparams.max_tokens_per_micro_batch = None
+
+
+def test_micro_batches_group_rows_by_length_within_the_budget():
+    from paw_lightning.rollout.batch import token_budget_groups
+
+    lengths = [5, 30, 6, 28, 7, 100]
+    groups = token_budget_groups(lengths, budget=60)
+    assert sorted(i for g in groups for i in g) == list(range(6))
+    assert groups == [[5], [1, 3], [4, 2, 0]]  # 100 > budget runs alone; 2 x 30 and 3 x 7 fit in 60
+    assert all(len(g) * max(lengths[i] for i in g) <= 60 for g in groups if len(g) > 1)
+    assert token_budget_groups(lengths, None) == [list(range(6))]
+    assert token_budget_groups(lengths, None, max_rows=4) == [[5, 1, 3, 4], [2, 0]]
+    assert token_budget_groups([], 10) == []
+
+
+def test_scoring_passes_keep_to_the_budget_and_give_the_same_numbers():
+    module = PaWModule(lr=1e-3, kl_coef=0.01, score_batch_size=32)
+    rollout = rollout_for(module, GenerateActor(max_new_tokens=4), prepare=False)
+    whole = module._score_pass(rollout, policy=True, reference=True, values=False)
+    seen = []
+    original = module._policy_units
+    module._policy_units = lambda model, hidden, batch: seen.append(batch["input_ids"].numel()) or original(model, hidden, batch)
+    module.hparams.max_tokens_per_micro_batch = 120
+    split = module._score_pass(rollout, policy=True, reference=True, values=False)
+    longest = max(int(collate_of(module, rollout)["attention_mask"].sum(1).max()), 1)
+    assert len(seen) > 2 and max(seen) <= max(120, longest)
+    for key in ("old", "ref", "entropy"):
+        assert all(torch.allclose(a, b, atol=1e-5) for a, b in zip(whole[key], split[key])), key
+
+
+def test_a_budget_is_checked_before_the_model_loads():
+    with pytest.raises(ValueError, match="max_tokens_per_micro_batch must be >= 1"):
+        PaWModule(max_tokens_per_micro_batch=0)

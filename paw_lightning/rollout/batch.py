@@ -16,6 +16,7 @@ whole chosen candidate), A = T for the generate actor (units sit at the action-t
 from __future__ import annotations
 
 from collections.abc import Iterator, Sequence
+from dataclasses import dataclass
 
 import numpy as np
 import torch
@@ -157,3 +158,85 @@ def minibatches(
         order = rng.permutation(n)
         for start in range(0, n, batch_size):
             yield training_batch(rollout, order[start : start + batch_size].tolist(), pad_id)
+
+
+# ----- micro-batches: a mini-batch (one optimiser step) cut to a token budget ------------------------
+TOKEN_KEYS = ("input_ids", "attention_mask", "position_ids", "branch", "source", "action_mask", "action_candidate", "obs_mask")
+UNIT_KEYS = ("old_logprobs", "ref_logprobs", "unit_mask")  # (B, A): per action token (generate) or (B, 1) (score)
+ROW_KEYS = ("chosen", "num_candidates", "advantages", "wm_selected", "wm_weight", "old_values", "value_targets")
+
+
+def row_length(t: Transition, mode: str) -> int:
+    """The tokens of transition ``t``'s row as ``collate`` packs it (prompt, action(s), WM target)."""
+    action = sum(len(c) for c in t.candidate_ids) if mode == SCORE else len(t.action_ids)
+    return len(t.prompt_ids) + action + len(t.wm_target()[0])
+
+
+def token_budget_groups(lengths: Sequence[int], budget: int | None, max_rows: int | None = None) -> list[list[int]]:
+    """Rows grouped into micro-batches of at most ``budget`` padded tokens (rows x their longest row) and
+    at most ``max_rows`` rows. Rows go longest first, so rows of like length share a micro-batch and
+    little of it is padding; a row longer than the budget gets a micro-batch of its own (no row is split).
+
+    Args:
+        lengths: each row's real length.
+        budget: padded tokens per micro-batch; None = no token limit.
+        max_rows: rows per micro-batch at most; None = no row limit. Both None: one group, rows in order.
+
+    Returns:
+        lists of row indices; every row in exactly one.
+    """
+    if budget is None and max_rows is None:
+        return [list(range(len(lengths)))] if len(lengths) else []
+    order = sorted(range(len(lengths)), key=lambda i: (-lengths[i], i))
+    groups: list[list[int]] = []
+    for i in order:
+        current = groups[-1] if groups else None
+        fits = current is not None and (budget is None or (len(current) + 1) * lengths[current[0]] <= budget) \
+            and (max_rows is None or len(current) < max_rows)
+        if fits:
+            current.append(i)
+        else:
+            groups.append([i])
+    return groups
+
+
+def micro_batches(batch: dict, budget: int | None) -> list[dict]:
+    """``batch`` cut into micro-batches of at most ``budget`` padded tokens (``token_budget_groups``), each
+    trimmed to its own longest row; the whole batch when ``budget`` is None. Other keys are shared."""
+    if budget is None:
+        return [batch]
+    lengths = batch["attention_mask"].sum(dim=1).tolist()  # rows are right-padded
+    out = []
+    for rows in token_budget_groups(lengths, budget):
+        idx = torch.as_tensor(rows, dtype=torch.long)
+        width = max(lengths[i] for i in rows)
+        micro = dict(batch)
+        for key in TOKEN_KEYS + UNIT_KEYS + ROW_KEYS:
+            if key not in batch:
+                continue
+            value = batch[key][idx.to(batch[key].device)]
+            if key in TOKEN_KEYS or (key in UNIT_KEYS and batch["mode"] != SCORE):
+                value = value[:, :width]
+            micro[key] = value
+        out.append(micro)
+    return out
+
+
+@dataclass(frozen=True)
+class BatchTotals:
+    """Mini-batch-wide counts that every loss term and WM metric divides by, so that the sum over its
+    micro-batches equals the unsplit mini-batch's value."""
+
+    units: float  # action units (tokens, or one per score-actor transition): policy, KL, entropy
+    rows: int  # transitions: the critic's loss
+    wm_selected: float  # rows selected for the WM loss
+    wm_weight: float  # sum of w_i = wm_weight x selected
+    wm_tokens: float  # sum of w_i x |observation tokens of row i|: the WM token metrics
+    obs_tokens: float  # observation tokens of every row: ``wm/token_acc_all_rows``
+
+    @classmethod
+    def of(cls, batch: dict) -> "BatchTotals":
+        weight = batch["wm_weight"] * batch["wm_selected"].float()
+        obs = batch["obs_mask"].sum(dim=1).float()
+        return cls(units=float(batch["unit_mask"].sum()), rows=len(batch["chosen"]), wm_selected=float(batch["wm_selected"].sum()),
+                   wm_weight=float(weight.sum()), wm_tokens=float((weight * obs).sum()), obs_tokens=float(obs.sum()))
