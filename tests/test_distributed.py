@@ -352,10 +352,11 @@ def check_after_vllm_fit(out_dir: Path) -> None:
 
 
 @pytest.mark.slow
-def test_two_process_vllm_fit_with_the_score_actor_leaves_the_trainers_group_usable(tmp_path):
+def test_two_process_vllm_fit_with_the_score_actor_and_merged_lora_leaves_the_trainers_group_usable(tmp_path):
     dump = tmp_path / "dump"
     dump.mkdir()
-    run_paw(vllm_rank_args(dump, "score", 1), tmp_path, script=("tests/vllm_ddp_fit.py", str(tmp_path)))
+    lora = ("--model.lora_rank=4", "--data.vllm_lora_sync=merged")  # W + BA pushed by every rank to its engine
+    run_paw(vllm_rank_args(dump, "score", 1, *lora), tmp_path, script=("tests/vllm_ddp_fit.py", str(tmp_path)))
     check_after_vllm_fit(tmp_path)
     metrics = logged(tmp_path / "runs/csv/version_0")[0]
     assert metrics["episode/success_rate"] == pytest.approx(0.5) and metrics["val/count"] == 2
@@ -363,8 +364,8 @@ def test_two_process_vllm_fit_with_the_score_actor_leaves_the_trainers_group_usa
 
 
 @pytest.mark.slow
-def test_two_process_vllm_fit_with_the_generate_actor_then_kill_9_and_resume(tmp_path):
-    """The generate actor on one vLLM engine per rank. Beside the uninterrupted run, a second one is killed
+def test_two_process_vllm_fit_with_the_generate_actor_and_a_lora_adapter_then_kill_9_and_resume(tmp_path):
+    """The generate actor on one vLLM engine per rank, serving the LoRA adapter as a LoRA request. Beside the uninterrupted run, a second one is killed
     (every rank, -9) during its second iteration and resumed from its last checkpoint: it must log the
     uninterrupted run's episode metrics and play the same episodes."""
     from tests.test_stopping import episode_rows
@@ -372,9 +373,12 @@ def test_two_process_vllm_fit_with_the_generate_actor_then_kill_9_and_resume(tmp
     full, killed = tmp_path / "full", tmp_path / "killed"
     for run in (full, killed):
         (run / "dump").mkdir(parents=True)
-    uninterrupted = start_paw(vllm_rank_args(full / "dump", "generate", 2), full, ("tests/vllm_ddp_fit.py", str(full)))
+    def args(dump: Path, *extra: str) -> list[str]:
+        return vllm_rank_args(dump, "generate", 2, "--model.lora_rank=4", "--data.vllm_lora_sync=adapter", *extra)
+
+    uninterrupted = start_paw(args(full / "dump"), full, ("tests/vllm_ddp_fit.py", str(full)))
     try:
-        proc = start_paw(vllm_rank_args(killed / "dump", "generate", 2), killed)
+        proc = start_paw(args(killed / "dump"), killed)
         try:
             wait_for_file(killed / "dump/rank0-iteration1.json", proc)  # iteration 0's checkpoint is written by then
         finally:
@@ -382,7 +386,7 @@ def test_two_process_vllm_fit_with_the_generate_actor_then_kill_9_and_resume(tmp
             proc.communicate()
         last = killed / "runs/csv/version_0/checkpoints/last.ckpt"
         assert torch.load(last, weights_only=False)["epoch"] == 0
-        run_paw(vllm_rank_args(killed / "dump", "generate", 2, f"--ckpt_path={last}"), killed)
+        run_paw(args(killed / "dump", f"--ckpt_path={last}"), killed)
         output, _ = uninterrupted.communicate(timeout=420)
     finally:
         if uninterrupted.poll() is None:  # a failure above: no rank of it may outlive the test
