@@ -76,6 +76,7 @@ def test_rollout_benchmark_smoke_run(tmp_path):
     for row in (r for r in rows if r["engine"] == "vllm"):  # replayed twice each, from an empty prefix cache
         assert len(row["raw_vllm_s"]) == len(row["engine_replay_s"]) == 2 and math.isfinite(row["engine_over_raw"]), row
         assert row["same_tokens"], row  # seeded alike: raw vLLM and our engine sample the same responses
+        assert 1.0 <= row["engine_over_inside"] < 2.0, row  # our calls contain vLLM's and add little
     assert all(r["valid_action_ratio"] == 1.0 for r in rows if r["actor"] == "score")
 
 
