@@ -9,6 +9,8 @@ from pathlib import Path
 
 import pytest
 
+from paw_lightning.rollout.engines import vllm_available
+
 ROOT = Path(__file__).resolve().parents[1]
 
 
@@ -103,10 +105,12 @@ def test_ddp_benchmark_smoke_run(tmp_path, coin_pool_kwargs):
     env_kwargs = json.dumps(dict(coin_pool_kwargs, progress=False))
     proc = subprocess.run(
         [sys.executable, str(ROOT / "benchmarks/ddp.py"), "--processes", "1", "--iterations", "1", "--num_groups", "1",
-         "--out", str(out), "--", "--data.group_size=2", "--data.max_steps=2", f"--data.env_kwargs={env_kwargs}"],
+         "--engines", "vllm" if vllm_available() else "hf", "--actor", "generate",
+         "--out", str(out), "--", "--data.group_size=2", "--data.max_steps=2", "--data.max_new_tokens=8", f"--data.env_kwargs={env_kwargs}"],
         cwd=tmp_path, capture_output=True, text=True, timeout=600,
     )
     assert proc.returncode == 0, proc.stderr[-3000:]
     run = json.loads(out.read_text())["runs"][0]["runs"][0]
-    assert run["processes"] == 1 and run["episodes_per_iteration"] == 2
+    assert run["processes"] == 1 and run["episodes_per_iteration"] == 2 and run["actor"] == "generate"
+    assert run["engine"] == ("vllm" if vllm_available() else "hf")
     assert run["rollout_env_steps_per_s"] > 0 and run["iteration_s"] > 0 and run["env_steps_per_s_overall"] > 0
