@@ -16,7 +16,7 @@ ROOT = Path(__file__).resolve().parents[1]
 
 @pytest.mark.slow
 def test_gpu_suite_dry_run_runs_every_step_on_cpu(tmp_path):
-    """`gpu_suite.sh --dry-run`: the suite's four steps (update_step.py twice, vllm_decode.py, fit_qlora.py)
+    """`gpu_suite.sh --dry-run`: the suite's five steps (update_step.py twice, vllm_decode.py, fit_qlora.py, ddp.py)
     on CPU with tiny shapes, one results file, copied to $OUT."""
     out, results = tmp_path / "out", tmp_path / "results.json"
     out.mkdir()
@@ -26,8 +26,8 @@ def test_gpu_suite_dry_run_runs_every_step_on_cpu(tmp_path):
     assert done.returncode == 0, done.stdout + done.stderr
     runs = json.loads(results.read_text())["runs"]
     assert json.loads((out / "results.json").read_text())["runs"] == runs
-    assert {"update.log", "qlora7b.log", "vllm.log", "fit.log"} <= {p.name for p in out.iterdir()}
-    update, qlora, vllm, fit, suite = runs
+    assert {"update.log", "qlora7b.log", "vllm.log", "fit.log", "ddp.log"} <= {p.name for p in out.iterdir()}
+    update, qlora, vllm, fit, ddp, suite = runs
     for mode in ("lora", "qlora"):
         assert update[mode]["paw"]["s_per_update"] > 0 and update[mode]["grpo"]["s_per_update"] > 0
         assert update[mode]["paw_over_grpo_time"] > 0
@@ -40,8 +40,11 @@ def test_gpu_suite_dry_run_runs_every_step_on_cpu(tmp_path):
     assert all(s > 0 for s in fit["fit_qlora"]["s_per_iteration"])
     assert "episode/success_rate" in fit["fit_qlora"]["iterations"][0]
     assert "--model.quantize bnb.nf4" in fit["fit_qlora"]["command"]
+    # 2 processes, a vLLM engine each: the per-process GPU settings' code path, on CPU
+    assert [(r["processes"], r["engine"], r["actor"]) for r in ddp["runs"]] == [(2, "vllm" if vllm_available() else "hf", "generate")]
+    assert ddp["runs"][0]["episodes_per_iteration"] == 4 and ddp["device"] == "cpu"
     assert suite["suite"]["dry_run"] and all(step["ok"] for step in suite["suite"]["steps"].values())
-    assert list(suite["suite"]["steps"]) == ["update", "qlora7b", "vllm", "fit"]
+    assert list(suite["suite"]["steps"]) == ["update", "qlora7b", "vllm", "fit", "ddp"]
 
 
 def test_gpu_suite_rejects_an_unknown_step(tmp_path):

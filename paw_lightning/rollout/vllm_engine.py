@@ -54,7 +54,7 @@ class VLLMSettings:
         dtype: weights and compute dtype of the engine (``bfloat16`` is the fast one on CPU and GPU).
         max_model_len: longest prompt + response.
         kv_cache_gib: CPU only: KV cache size.
-        gpu_memory_utilization: GPU only: the share of GPU memory vLLM may take (the trainer needs the rest).
+        gpu_memory_utilization: GPU only: the share of this process's GPU that vLLM may take (the trainer needs the rest).
         lora_sync: ``merged`` or ``adapter`` (``auto`` resolved by ``resolve_lora_sync``).
         lora_rank: the adapter's rank (``adapter`` mode).
         sleep: GPU only: release the engine's memory between rollouts.
