@@ -149,6 +149,15 @@ def test_validation_episodes_split_over_processes_and_auto_picks_vllm_for_genera
     assert resolve_engine("auto", "generate") == ("vllm" if vllm_available() else "hf") and resolve_engine("auto", "score") == "hf"
 
 
+def test_a_vllm_engine_for_several_processes_joins_the_trainers_group_or_says_how():
+    from paw_lightning.rollout.vllm_engine import VLLMSettings, engine_kwargs
+
+    # no group, or the one-process group an earlier test's vLLM engine made: neither is 2 processes
+    with pytest.raises(RuntimeError, match="after the trainer's process group .* let RolloutDataModule build it"):
+        engine_kwargs(VLLMSettings(folder="tiny", rank=1, world_size=2))
+    assert "distributed_executor_backend" not in engine_kwargs(VLLMSettings(folder="tiny"))  # one process: vLLM's default
+
+
 # ----- two processes, gloo ----------------------------------------------------------------------
 SCORES = {0: torch.tensor([0.5, 0.9, 0.1, 0.9, 0.3]), 1: torch.tensor([0.9, 0.9, 0.7])}
 ACTION_LENGTHS = {0: [1, 2, 3, 4, 5, 6, 7], 1: [3, 4]}  # rank 1 has fewer transitions than steps

@@ -127,15 +127,8 @@ def check_process_group(settings: VLLMSettings) -> None:
         )
 
 
-def shared_llm(settings: VLLMSettings):
-    """The process's vLLM engine for these settings (an engine with other settings is shut down first)."""
-    live = _LIVE.get("settings")
-    if live == settings:
-        return _LIVE["llm"]
-    shutdown()
-    _prepare_environment(settings)
-    from vllm import LLM
-
+def engine_kwargs(settings: VLLMSettings) -> dict:
+    """The ``vllm.LLM`` arguments for these settings (checks the trainer's process group with several processes)."""
     kwargs = dict(
         model=settings.folder,
         tokenizer=settings.folder,
@@ -156,6 +149,19 @@ def shared_llm(settings: VLLMSettings):
         # would also join it but give every process local rank 0 (on GPUs: every engine on cuda:0).
         check_process_group(settings)
         kwargs |= dict(distributed_executor_backend="external_launcher", tensor_parallel_size=1)
+    return kwargs
+
+
+def shared_llm(settings: VLLMSettings):
+    """The process's vLLM engine for these settings (an engine with other settings is shut down first)."""
+    live = _LIVE.get("settings")
+    if live == settings:
+        return _LIVE["llm"]
+    shutdown()
+    _prepare_environment(settings)
+    from vllm import LLM
+
+    kwargs = engine_kwargs(settings)
     owns_group = not torch.distributed.is_initialized()  # with none, vLLM makes a one-process group
     # Creating the engine re-seeds torch's global RNG; keep the run's RNG stream as it was.
     with torch.random.fork_rng(devices=[]):
