@@ -1,7 +1,9 @@
-"""Throughput of the quickstart with 1 process vs N DDP processes on this machine's CPU (gloo).
+"""Throughput of the quickstart with 1 process vs N DDP processes on this machine's CPU (gloo), or GPUs.
 
     python benchmarks/ddp.py                                  # 1 vs 2 processes, 5 iterations each
     python benchmarks/ddp.py --processes 1,2 --iterations 8 --same_update
+    python benchmarks/ddp.py --engines hf,vllm --actor generate   # the engine column: one vLLM engine per process
+    python benchmarks/ddp.py --device cuda --processes 1,2 --engines hf,vllm --actor generate   # GPUs (gpu_suite.sh)
 
 Each run is a real ``paw fit`` of configs/quickstart.yaml (tiny model, TextWorld coin collector, score
 actor, no validation) in a temporary folder, with the CPU threads split evenly over the processes.
@@ -38,15 +40,17 @@ def load_average() -> list[float] | None:
         return None
 
 
-def run_fit(processes: int, num_groups: int, iterations: int, threads: int, extra: list[str], timeout: int) -> dict:
+def run_fit(processes: int, num_groups: int, iterations: int, threads: int, extra: list[str], timeout: int,
+            engine: str = "hf", actor: str = "score", device: str = "cpu") -> dict:
     """One ``paw fit`` of the quickstart; the per-iteration metrics rank 0 logged."""
     with tempfile.TemporaryDirectory(prefix="paw-ddp-bench-") as folder:
         strategy = ["--trainer.strategy=ddp"] if processes > 1 else []
         cmd = [
             sys.executable, "-m", "paw_lightning.cli", "fit", "--config", str(ROOT / "configs/quickstart.yaml"),
-            "--trainer.accelerator=cpu", f"--trainer.devices={processes}", *strategy,
+            f"--trainer.accelerator={'gpu' if device == 'cuda' else 'cpu'}", f"--trainer.devices={processes}", *strategy,
             f"--trainer.max_epochs={iterations}", "--trainer.enable_progress_bar=false",
-            "--data.val_episodes=0", "--data.progress=false", f"--data.num_groups={num_groups}", "--data.engine=hf", *extra,
+            "--data.val_episodes=0", "--data.progress=false", f"--data.num_groups={num_groups}", f"--data.engine={engine}",
+            f"--data.actor={actor}", "--data.vllm_kv_cache_gib=1", *extra,
         ]
         env = dict(os.environ, OMP_NUM_THREADS=str(threads), MKL_NUM_THREADS=str(threads), PYTHONWARNINGS="ignore")
         start = time.perf_counter()
@@ -62,11 +66,13 @@ def run_fit(processes: int, num_groups: int, iterations: int, threads: int, extr
     return {"epochs": [by_epoch[e] for e in sorted(by_epoch)], "process_wall_s": wall}
 
 
-def summarise(processes: int, num_groups: int, threads: int, fit: dict) -> dict:
+def summarise(processes: int, num_groups: int, threads: int, fit: dict, engine: str = "hf", actor: str = "score") -> dict:
     epochs = fit["epochs"][1:] or fit["epochs"]  # the first iteration is warm-up
     median = lambda key: statistics.median(e[key] for e in epochs)  # noqa: E731
     return {
         "processes": processes,
+        "engine": engine,
+        "actor": actor,
         "num_groups_per_process": num_groups,
         "threads_per_process": threads,
         "episodes_per_iteration": median("episode/count"),
@@ -76,6 +82,7 @@ def summarise(processes: int, num_groups: int, threads: int, fit: dict) -> dict:
         "env_steps_per_s_overall": round(statistics.median(e["rollout/env_steps"] / e["perf/iteration_s"] for e in epochs), 2),
         "iterations_measured": len(epochs),
         "process_wall_s": round(fit["process_wall_s"], 1),
+        "load_after": load_average(),
     }
 
 
@@ -85,6 +92,9 @@ def main(argv: list[str] | None = None) -> dict:
     parser.add_argument("--iterations", type=int, default=5, help="iterations per run (the first is warm-up)")
     parser.add_argument("--num_groups", type=int, default=4, help="groups per process (the quickstart: 4)")
     parser.add_argument("--same_update", action="store_true", help="also run N processes with num_groups / N groups each")
+    parser.add_argument("--engines", default="hf", help="comma-separated rollout engines to compare (hf, vllm: one engine per process)")
+    parser.add_argument("--actor", default="score", choices=["score", "generate"], help="the actor of every run (the quickstart: score)")
+    parser.add_argument("--device", default="cpu", choices=["cpu", "cuda"], help="cuda: one process per GPU (benchmarks/gpu_suite.sh)")
     parser.add_argument("--cpus", type=int, default=os.cpu_count() or 1, help="CPU threads to split over the processes")
     parser.add_argument("--threads", type=int, default=None, help="threads per process (default: cpus / processes)")
     parser.add_argument("--timeout", type=int, default=1800, help="seconds before a run counts as hung")
@@ -98,16 +108,19 @@ def main(argv: list[str] | None = None) -> dict:
         if args.same_update and n > 1 and args.num_groups % n == 0:
             plan.append((n, args.num_groups // n))
     report = {
+        "benchmark": "ddp",
+        "device": args.device,
         "date": time.strftime("%Y-%m-%d %H:%M"),
         "machine": f"{platform.processor() or platform.machine()}, {os.cpu_count()} CPUs",
         "load_before": load_average(),
         "runs": [],
     }
-    for n, groups in plan:
-        threads = args.threads or max(1, args.cpus // n)
-        fit = run_fit(n, groups, args.iterations, threads, args.extra, args.timeout)
-        report["runs"].append(summarise(n, groups, threads, fit))
-        print(json.dumps(report["runs"][-1]), flush=True)
+    for engine in args.engines.split(","):
+        for n, groups in plan:
+            threads = args.threads or max(1, args.cpus // n)
+            fit = run_fit(n, groups, args.iterations, threads, args.extra, args.timeout, engine, args.actor, args.device)
+            report["runs"].append(summarise(n, groups, threads, fit, engine, args.actor))
+            print(json.dumps(report["runs"][-1]), flush=True)
     report["load_after"] = load_average()
     print(json.dumps(report, indent=1))
     out = Path(args.out)

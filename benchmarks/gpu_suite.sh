@@ -9,10 +9,14 @@
 #            `import vllm` fails                                            (vllm_decode.py)
 #   fit      a 2-iteration `paw fit` of a Qwen2.5-0.5B shape with QLoRA on CUDA: wall time, peak
 #            memory, success and losses per iteration                      (fit_qlora.py)
+#   ddp      the quickstart, generate actor, on every visible GPU (one process each): HF vs one vLLM
+#            engine per process (its own GPU, vllm_gpu_memory_utilization of it, asleep during the
+#            update); with one GPU that is one process (NCCL allows one rank per GPU), so the
+#            multi-process launch itself is only checked by the dry run    (ddp.py)
 #
-# Usage: bash benchmarks/gpu_suite.sh [--dry-run] [--only update,qlora7b,vllm,fit] [--out FILE]
+# Usage: bash benchmarks/gpu_suite.sh [--dry-run] [--only update,qlora7b,vllm,fit,ddp] [--out FILE]
 #   --dry-run  the same steps on CPU with tiny shapes (a minute or two): checks the script, measures nothing
-#   --only     a comma list of steps (default: all four, in the order above)
+#   --only     a comma list of steps (default: all five, in the order above)
 #   --out      the results file (default benchmarks/results.json; a dry run's default is a temp file);
 #              every step appends its report there
 # The interpreter is $PYTHON, else .venv/bin/python when present, else python3. Each step's log goes to
@@ -23,20 +27,20 @@ set -u
 cd "$(dirname "$0")/.."
 
 DRY_RUN=0
-ONLY="update,qlora7b,vllm,fit"
+ONLY="update,qlora7b,vllm,fit,ddp"
 RESULTS=""
 while [ $# -gt 0 ]; do
   case "$1" in
     --dry-run) DRY_RUN=1 ;;
     --only) ONLY="$2"; shift ;;
     --out) RESULTS="$2"; shift ;;
-    -h|--help) sed -n '2,21p' "$0"; exit 0 ;;
+    -h|--help) sed -n '2,24p' "$0"; exit 0 ;;
     *) echo "unknown argument $1; see: bash benchmarks/gpu_suite.sh --help" >&2; exit 2 ;;
   esac
   shift
 done
 for step in ${ONLY//,/ }; do
-  case "$step" in update|qlora7b|vllm|fit) ;; *) echo "unknown step $step; choose from update,qlora7b,vllm,fit" >&2; exit 2 ;; esac
+  case "$step" in update|qlora7b|vllm|fit|ddp) ;; *) echo "unknown step $step; choose from update,qlora7b,vllm,fit,ddp" >&2; exit 2 ;; esac
 done
 
 if [ -z "$RESULTS" ]; then
@@ -82,6 +86,10 @@ if [ "$DRY_RUN" = 1 ]; then
   POOL='{"challenge": "tw-coin_collector", "settings": {"level": 3}, "num_train": 3, "num_eval": 2, "progress": false}'
   ARGS_fit=(--shape tiny --lora_rank 4 -- --data.num_groups=2 --data.group_size=2 --data.max_steps=3
             --data.mini_batch_size=8 "--data.env_kwargs=$POOL")
+  # 2 gloo processes with a vLLM engine each (hf too when vLLM is missing)
+  ARGS_ddp=(--processes 2 --iterations 1 --num_groups 1 --actor generate
+            --engines "$("$PYTHON" -c 'import importlib.util as u; print("vllm" if u.find_spec("vllm") else "hf")')"
+            -- --data.group_size=2 --data.max_steps=2 --data.max_new_tokens=8 "--data.env_kwargs=$POOL")
   LIMIT=300
 else
   DEVICE=(--device cuda)
@@ -90,12 +98,15 @@ else
   ARGS_qlora7b=(--shape qwen2.5-7b --modes qlora)
   ARGS_vllm=(--shape qwen2.5-1.5b)
   ARGS_fit=(--shape qwen2.5-0.5b)
+  ARGS_ddp=(--processes "$("$PYTHON" -c 'import torch; print(max(torch.cuda.device_count(), 1))')" --iterations 3
+            --actor generate --engines "$("$PYTHON" -c 'import importlib.util as u; print("hf,vllm" if u.find_spec("vllm") else "hf")')")
   LIMIT=900
 fi
 SCRIPT_update=benchmarks/update_step.py
 SCRIPT_qlora7b=benchmarks/update_step.py
 SCRIPT_vllm=benchmarks/vllm_decode.py
 SCRIPT_fit=benchmarks/fit_qlora.py
+SCRIPT_ddp=benchmarks/ddp.py
 
 SUITE_START=$(date +%s)
 SUMMARY=()

@@ -1,9 +1,11 @@
 """Rollout speed of each engine (hf, vllm) and actor (generate, score), back to back in one process.
 
 One TextWorld rollout per (actor, engine) with the same games, seeds and model (SmolLM2-135M-Instruct
-from the offline wheel by default, bf16), then the raw vLLM calls on exactly the prompts our vLLM
-path sent, as the reference for our overhead. Reports env steps/s, tokens/s and seconds per rollout,
-and the ratios the rollout-engine issue asks for:
+from the offline wheel by default, bf16), then the raw vLLM calls on exactly the requests our vLLM
+path sent (sampling seeded alike, so both produce the same tokens), as the reference for our overhead.
+The comparison is fair: the prefix cache is reset before every replay, and the replays alternate
+(raw, ours, raw, ours) so that neither side always runs on a warmer machine. Reports env steps/s,
+tokens/s and seconds per rollout, and the ratios the rollout-engine issues ask for:
 
     python benchmarks/rollout.py                      # SmolLM2, 16 envs x 4 steps (a few minutes on 2 cores)
     python benchmarks/rollout.py --model tiny --groups 2 --group_size 2 --steps 2   # smoke run
@@ -26,7 +28,7 @@ from paw_lightning.models import SMOLLM2, load_model, serving_folder
 from paw_lightning.rollout.actors import make_actor
 from paw_lightning.rollout.collector import Collector
 from paw_lightning.rollout.datamodule import make_text_env
-from paw_lightning.rollout.engines import HFEngine, RolloutEngine, Sampling
+from paw_lightning.rollout.engines import HFEngine, RolloutEngine, Sampling, draw_seed
 from paw_lightning.rollout.prompts import PromptBuilder
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
@@ -34,11 +36,11 @@ from update_step import append_report  # noqa: E402 - a sibling script
 
 
 class Recorder(RolloutEngine):
-    """Wraps an engine: times its calls and keeps every request, so that they can be replayed raw."""
+    """Wraps an engine: times its calls and keeps every request, so that they can be replayed."""
 
     def __init__(self, engine: RolloutEngine) -> None:
         self.engine, self.name, self.exact = engine, engine.name, engine.exact
-        self.calls: list[tuple] = []  # (kind, prompts, candidates or sampling)
+        self.calls: list[tuple] = []  # (kind, prompts, candidates or (sampling, generator state))
         self.seconds = 0.0
         self.tokens = 0  # generated tokens (generate) or scored candidate tokens (score)
 
@@ -46,11 +48,11 @@ class Recorder(RolloutEngine):
         return self.engine.rollout_mode()
 
     def generate(self, prompts, sampling, generator):
+        self.calls.append(("generate", prompts, (sampling, generator.get_state())))
         start = time.perf_counter()
         out = self.engine.generate(prompts, sampling, generator)
         self.seconds += time.perf_counter() - start
         self.tokens += sum(len(g.token_ids) for g in out)
-        self.calls.append(("generate", prompts, sampling))
         return out
 
     def score(self, prompts, candidates):
@@ -62,24 +64,74 @@ class Recorder(RolloutEngine):
         return out
 
 
-def raw_vllm_seconds(llm, calls) -> float:
-    """The same requests sent straight to ``vllm.LLM``: the floor our vLLM engine is measured against."""
+def raw_call(llm, kind: str, prompts, extra) -> int:
+    """One recorded request sent straight to ``vllm.LLM`` (the floor our engine is measured against),
+    seeded as our engine seeds it; returns the tokens it produced."""
     from vllm import SamplingParams
     from vllm.inputs import TokensPrompt
 
-    seconds = 0.0
-    for kind, prompts, extra in calls:
-        if kind == "generate":
-            params = SamplingParams(temperature=extra.temperature, top_p=1.0, top_k=0, max_tokens=extra.max_new_tokens,
-                                    stop=extra.stop or None, include_stop_str_in_output=True, logprobs=0)
-            requests = [TokensPrompt(prompt_token_ids=p) for p in prompts]
-        else:
-            params = SamplingParams(max_tokens=1, prompt_logprobs=0, detokenize=False, skip_reading_prefix_cache=False)
-            requests = [TokensPrompt(prompt_token_ids=p + c) for p, cands in zip(prompts, extra) for c in cands]
+    if kind == "generate":
+        sampling, state = extra
+        params = SamplingParams(temperature=sampling.temperature, top_p=1.0, top_k=0, max_tokens=sampling.max_new_tokens,
+                                stop=sampling.stop or None, include_stop_str_in_output=True, logprobs=0)
+        torch.manual_seed(draw_seed(torch.Generator().set_state(state)))
+        outputs = llm.generate([TokensPrompt(prompt_token_ids=p) for p in prompts], params, use_tqdm=False)
+        return sum(len(o.outputs[0].token_ids) for o in outputs)
+    params = SamplingParams(max_tokens=1, prompt_logprobs=0, detokenize=False, skip_reading_prefix_cache=False)
+    llm.generate([TokensPrompt(prompt_token_ids=p + c) for p, cands in zip(prompts, extra) for c in cands], params, use_tqdm=False)
+    return 0
+
+
+def engine_call(engine, kind: str, prompts, extra) -> int:
+    """The same recorded request through our engine; returns the tokens it produced."""
+    if kind == "generate":
+        sampling, state = extra
+        return sum(len(g.token_ids) for g in engine.generate(prompts, sampling, torch.Generator().set_state(state)))
+    engine.score(prompts, extra)
+    return 0
+
+
+def replay(llm, calls, send) -> tuple[float, int]:
+    """Seconds and tokens of ``send(kind, prompts, extra)`` over the recorded calls, from an empty prefix cache."""
+    llm.reset_prefix_cache()
+    seconds, tokens = 0.0, 0
+    for call in calls:
         start = time.perf_counter()
-        llm.generate(requests, params, use_tqdm=False)
+        tokens += send(*call)
         seconds += time.perf_counter() - start
-    return seconds
+    return seconds, tokens
+
+
+def compare_with_raw(engine, calls, rounds: int = 2) -> dict:
+    """Our engine vs raw vLLM on the same requests, alternating (raw, ours) ``rounds`` times. The load of
+    a shared machine moves both by more than our overhead, so our replays also time the ``vllm.LLM.generate``
+    calls inside them: ``engine_over_inside`` is our engine's time over vLLM's own, in the same calls."""
+    raw, ours, inside = [], [], [0.0]
+    llm_generate = engine.llm.generate
+
+    def timed_generate(*args, **kwargs):
+        start = time.perf_counter()
+        try:
+            return llm_generate(*args, **kwargs)
+        finally:
+            inside[0] += time.perf_counter() - start
+
+    for _ in range(rounds):
+        raw.append(replay(engine.llm, calls, functools.partial(raw_call, engine.llm)))
+        engine.llm.generate = timed_generate
+        try:
+            ours.append(replay(engine.llm, calls, functools.partial(engine_call, engine)))
+        finally:
+            del engine.llm.generate  # the class's method again
+    raw_s, ours_s = sum(s for s, _ in raw), sum(s for s, _ in ours)
+    return {"raw_vllm_s": [round(s, 2) for s, _ in raw], "engine_replay_s": [round(s, 2) for s, _ in ours],
+            "engine_over_raw": round(ours_s / max(raw_s, 1e-9), 3), "engine_over_inside": round(ours_s / max(inside[0], 1e-9), 4),
+            "same_tokens": len({t for _, t in raw + ours}) == 1, "load_avg": load_average()}
+
+
+def load_average() -> str:
+    """The machine's 1/5/15-minute load, written beside every figure (the timings depend on it)."""
+    return " ".join(Path("/proc/loadavg").read_text().split()[:3])
 
 
 def run_rollout(args, actor_kind: str, engine: RolloutEngine, tokenizer) -> tuple[dict, Recorder]:
@@ -105,6 +157,7 @@ def run_rollout(args, actor_kind: str, engine: RolloutEngine, tokenizer) -> tupl
         "tokens_per_s": round(recorder.tokens / max(recorder.seconds, 1e-9), 1),
         "success_rate": sum(e.won for e in rollout.episodes) / len(rollout.episodes),
         "valid_action_ratio": sum(t.valid for t in rollout.transitions) / max(len(rollout), 1),
+        "load_avg": load_average(),
     }
     return row, recorder
 
@@ -152,9 +205,7 @@ def main() -> None:
         for engine in (HFEngine(model, tokenizer), vllm):
             rows[engine.name], recorder = run_rollout(args, actor_kind, engine, tokenizer)
             print(json.dumps(rows[engine.name]), flush=True)
-        raw = raw_vllm_seconds(vllm.llm, recorder.calls)  # the vLLM recorder's requests, replayed
-        rows["vllm"]["raw_vllm_s"] = round(raw, 2)
-        rows["vllm"]["engine_over_raw"] = round(rows["vllm"]["engine_s"] / max(raw, 1e-9), 3)
+        rows["vllm"] |= compare_with_raw(vllm, recorder.calls)  # the vLLM recorder's requests, replayed
         rows["vllm"]["speedup_engine_s"] = round(rows["hf"]["engine_s"] / max(rows["vllm"]["engine_s"], 1e-9), 2)
         rows["vllm"]["speedup_rollout"] = round(rows["hf"]["s_per_rollout"] / max(rows["vllm"]["s_per_rollout"], 1e-9), 2)
         report["rows"] += [rows["hf"], rows["vllm"]]

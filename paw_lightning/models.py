@@ -18,6 +18,7 @@ from __future__ import annotations
 import glob
 import hashlib
 import os
+import shutil
 from dataclasses import dataclass
 from typing import Literal, get_args
 
@@ -265,7 +266,12 @@ def serving_folder(name: str, seed: int = 0, tokenizer=None, trust_remote_code: 
             del model.config.quantization_config
     model.save_pretrained(scratch)
     tokenizer.save_pretrained(scratch)
-    os.replace(scratch, folder)  # atomic: a half-written folder is never served
+    try:
+        os.replace(scratch, folder)  # atomic: a half-written folder is never served
+    except OSError:
+        if not (folder / "config.json").exists():
+            raise
+        shutil.rmtree(scratch)  # another process (a DDP rank) wrote the same folder first
     return str(folder)
 
 

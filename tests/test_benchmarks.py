@@ -9,12 +9,14 @@ from pathlib import Path
 
 import pytest
 
+from paw_lightning.rollout.engines import vllm_available
+
 ROOT = Path(__file__).resolve().parents[1]
 
 
 @pytest.mark.slow
 def test_gpu_suite_dry_run_runs_every_step_on_cpu(tmp_path):
-    """`gpu_suite.sh --dry-run`: the suite's four steps (update_step.py twice, vllm_decode.py, fit_qlora.py)
+    """`gpu_suite.sh --dry-run`: the suite's five steps (update_step.py twice, vllm_decode.py, fit_qlora.py, ddp.py)
     on CPU with tiny shapes, one results file, copied to $OUT."""
     out, results = tmp_path / "out", tmp_path / "results.json"
     out.mkdir()
@@ -24,8 +26,8 @@ def test_gpu_suite_dry_run_runs_every_step_on_cpu(tmp_path):
     assert done.returncode == 0, done.stdout + done.stderr
     runs = json.loads(results.read_text())["runs"]
     assert json.loads((out / "results.json").read_text())["runs"] == runs
-    assert {"update.log", "qlora7b.log", "vllm.log", "fit.log"} <= {p.name for p in out.iterdir()}
-    update, qlora, vllm, fit, suite = runs
+    assert {"update.log", "qlora7b.log", "vllm.log", "fit.log", "ddp.log"} <= {p.name for p in out.iterdir()}
+    update, qlora, vllm, fit, ddp, suite = runs
     for mode in ("lora", "qlora"):
         assert update[mode]["paw"]["s_per_update"] > 0 and update[mode]["grpo"]["s_per_update"] > 0
         assert update[mode]["paw_over_grpo_time"] > 0
@@ -39,8 +41,11 @@ def test_gpu_suite_dry_run_runs_every_step_on_cpu(tmp_path):
     assert all(s > 0 for s in fit["fit_qlora"]["s_per_iteration"])
     assert "episode/success_rate" in fit["fit_qlora"]["iterations"][0]
     assert "--model.quantize bnb.nf4" in fit["fit_qlora"]["command"]
+    # 2 processes, a vLLM engine each: the per-process GPU settings' code path, on CPU
+    assert [(r["processes"], r["engine"], r["actor"]) for r in ddp["runs"]] == [(2, "vllm" if vllm_available() else "hf", "generate")]
+    assert ddp["runs"][0]["episodes_per_iteration"] == 4 and ddp["device"] == "cpu"
     assert suite["suite"]["dry_run"] and all(step["ok"] for step in suite["suite"]["steps"].values())
-    assert list(suite["suite"]["steps"]) == ["update", "qlora7b", "vllm", "fit"]
+    assert list(suite["suite"]["steps"]) == ["update", "qlora7b", "vllm", "fit", "ddp"]
 
 
 def test_gpu_suite_rejects_an_unknown_step(tmp_path):
@@ -74,7 +79,10 @@ def test_rollout_benchmark_smoke_run(tmp_path):
     rows = json.loads(out.read_text())["runs"][0]["rows"]
     assert [(r["actor"], r["engine"]) for r in rows] == [("generate", "hf"), ("generate", "vllm"), ("score", "hf"), ("score", "vllm")]
     assert all(r["env_steps"] > 0 and r["s_per_rollout"] > 0 for r in rows)
-    assert all(r["raw_vllm_s"] > 0 and math.isfinite(r["engine_over_raw"]) for r in rows if r["engine"] == "vllm")
+    for row in (r for r in rows if r["engine"] == "vllm"):  # replayed twice each, from an empty prefix cache
+        assert len(row["raw_vllm_s"]) == len(row["engine_replay_s"]) == 2 and math.isfinite(row["engine_over_raw"]), row
+        assert row["same_tokens"], row  # seeded alike: raw vLLM and our engine sample the same responses
+        assert 1.0 <= row["engine_over_inside"] < 2.0, row  # our calls contain vLLM's and add little
     assert all(r["valid_action_ratio"] == 1.0 for r in rows if r["actor"] == "score")
 
 
@@ -101,12 +109,14 @@ def test_ddp_benchmark_smoke_run(tmp_path, coin_pool_kwargs):
     env_kwargs = json.dumps(dict(coin_pool_kwargs, progress=False))
     proc = subprocess.run(
         [sys.executable, str(ROOT / "benchmarks/ddp.py"), "--processes", "1", "--iterations", "1", "--num_groups", "1",
-         "--out", str(out), "--", "--data.group_size=2", "--data.max_steps=2", f"--data.env_kwargs={env_kwargs}"],
+         "--engines", "vllm" if vllm_available() else "hf", "--actor", "generate",
+         "--out", str(out), "--", "--data.group_size=2", "--data.max_steps=2", "--data.max_new_tokens=8", f"--data.env_kwargs={env_kwargs}"],
         cwd=tmp_path, capture_output=True, text=True, timeout=600,
     )
     assert proc.returncode == 0, proc.stderr[-3000:]
     run = json.loads(out.read_text())["runs"][0]["runs"][0]
-    assert run["processes"] == 1 and run["episodes_per_iteration"] == 2
+    assert run["processes"] == 1 and run["episodes_per_iteration"] == 2 and run["actor"] == "generate"
+    assert run["engine"] == ("vllm" if vllm_available() else "hf")
     assert run["rollout_env_steps_per_s"] > 0 and run["iteration_s"] > 0 and run["env_steps_per_s_overall"] > 0
 
 

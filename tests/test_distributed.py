@@ -10,6 +10,7 @@ import signal
 import socket
 import subprocess
 import sys
+import time
 from pathlib import Path
 from types import SimpleNamespace
 
@@ -131,9 +132,9 @@ def test_ranks_play_consecutive_slices_of_one_seed_draw_and_keep_their_rng_in_st
         assert ranks[0].rng.bit_generator.state == ranks[1].rng.bit_generator.state  # one checkpoint resumes both
 
 
-def test_validation_episodes_split_over_processes_and_vllm_is_refused():
+def test_validation_episodes_split_over_processes_and_auto_picks_vllm_for_generate():
     from paw_lightning.rollout.datamodule import RolloutDataModule
-    from paw_lightning.rollout.engines import resolve_engine
+    from paw_lightning.rollout.engines import resolve_engine, vllm_available
 
     import tests.envs.fakes  # noqa: F401
 
@@ -147,9 +148,17 @@ def test_validation_episodes_split_over_processes_and_vllm_is_refused():
     dm.trainer = fake_trainer(0, 2)
     with pytest.raises(ValueError, match="val_episodes"):
         dm.setup("fit")
-    with pytest.raises(ValueError, match="data.engine: hf"):
-        resolve_engine("vllm", "generate", world_size=2)
-    assert resolve_engine("auto", "generate", world_size=2) == "hf"
+    # one engine per process: with several processes auto is what it is with one
+    assert resolve_engine("auto", "generate") == ("vllm" if vllm_available() else "hf") and resolve_engine("auto", "score") == "hf"
+
+
+def test_a_vllm_engine_for_several_processes_joins_the_trainers_group_or_says_how():
+    from paw_lightning.rollout.vllm_engine import VLLMSettings, engine_kwargs
+
+    # no group, or the one-process group an earlier test's vLLM engine made: neither is 2 processes
+    with pytest.raises(RuntimeError, match="after the trainer's process group .* let RolloutDataModule build it"):
+        engine_kwargs(VLLMSettings(folder="tiny", rank=1, world_size=2))
+    assert "distributed_executor_backend" not in engine_kwargs(VLLMSettings(folder="tiny"))  # one process: vLLM's default
 
 
 # ----- two processes, gloo ----------------------------------------------------------------------
@@ -247,11 +256,17 @@ def test_global_statistics_on_two_gloo_ranks_equal_one_process_on_the_union(tmp_
 
 
 # ----- two processes through the CLI --------------------------------------------------------------
-def run_paw(args: list[str], cwd: Path, timeout: int = 420) -> str:
-    """``paw fit`` through tests/paw_with_fakes.py in its own process group; a hang is killed and fails."""
+def start_paw(args: list[str], cwd: Path, script: tuple[str, ...] = ("tests/paw_with_fakes.py",)) -> subprocess.Popen:
+    """``paw fit`` through ``script`` (tests/paw_with_fakes.py, or tests/vllm_ddp_fit.py with its folder) in its
+    own process group (every rank: Lightning starts rank 1 from rank 0)."""
     env = dict(os.environ, OMP_NUM_THREADS="1", PYTHONWARNINGS="ignore")
-    proc = subprocess.Popen([sys.executable, str(ROOT / "tests/paw_with_fakes.py"), *args], cwd=cwd, env=env,
+    return subprocess.Popen([sys.executable, str(ROOT / script[0]), *script[1:], *args], cwd=cwd, env=env,
                             stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, start_new_session=True)
+
+
+def run_paw(args: list[str], cwd: Path, timeout: int = 420, script: tuple[str, ...] = ("tests/paw_with_fakes.py",)) -> str:
+    """``start_paw`` until it ends; a hang is killed and fails."""
+    proc = start_paw(args, cwd, script)
     try:
         out, _ = proc.communicate(timeout=timeout)
     except subprocess.TimeoutExpired:
@@ -328,13 +343,95 @@ def test_two_process_ddp_fit_with_uneven_rollouts_logs_global_metrics_and_resume
 
 
 @pytest.mark.slow
-def test_fsdp_in_one_cpu_process_trains_full_and_lora_models(tmp_path):
+def test_fsdp_in_one_cpu_process_trains_full_and_lora_models_and_syncs_vllm(tmp_path):
     proc = subprocess.run([sys.executable, str(ROOT / "tests/fsdp_on_cpu.py"), str(tmp_path)], capture_output=True, text=True,
                           timeout=420, env=dict(os.environ, PYTHONWARNINGS="ignore"))
     assert proc.returncode == 0, proc.stderr[-4000:]
-    runs = {r["lora_rank"]: r for r in map(json.loads, proc.stdout.strip().splitlines())}
+    lines = [json.loads(line) for line in proc.stdout.splitlines() if line.startswith("{")]  # vLLM prints too
+    runs = {r["lora_rank"]: r for r in lines if "engine" not in r}
+    for run in (r for r in lines if r.get("engine") == "vllm"):  # the sync under FSDP: merged full weights, to rounding
+        assert run["changed"] == run["trainable"] > 0 and run["engine_logprob_gap"] < 1e-3, run
     for lora_rank, run in runs.items():
         assert run["wrapped"] and run["changed"] == run["trainable"] > 0, run
         assert run["iterations"] == run["checkpoint_iteration"] == 2 and run["checkpoint_keys_match"], run
     assert runs[0]["fsdp_units"] == 1 + runs[0]["decoder_layers"]  # one unit per decoder layer (model and reference)
     assert runs[4]["fsdp_units"] == 1  # LoRA: the whole model is one unit
+
+
+# ----- two processes, one vLLM engine each ----------------------------------------------------------
+def vllm_rank_args(dump: Path, actor: str, epochs: int, *extra: str) -> list[str]:
+    """``two_rank_args`` with every rank's rollouts on its own float32 vLLM engine (1 GiB KV cache)."""
+    return two_rank_args(
+        dump, f"--data.actor={actor}", f"--trainer.max_epochs={epochs}", f"--trainer.check_val_every_n_epoch={epochs}",
+        "--data.engine=vllm", "--data.vllm_dtype=float32", "--data.vllm_kv_cache_gib=1", "--data.max_new_tokens=8", *extra,
+    )
+
+
+def check_after_vllm_fit(out_dir: Path) -> None:
+    """What tests/vllm_ddp_fit.py saw on each rank after the fit: the trainer's group still works, the
+    engine is gone with its memory, and each rank's engine log-probs are the trainer's (float32)."""
+    for rank in (0, 1):
+        after = json.loads((out_dir / f"after-fit-rank{rank}.json").read_text())
+        assert after["all_reduce"] == 3.0, after  # 1 + 2 over the trainer's gloo group
+        assert after["engines_created"] == 1 and after["engines_alive"] == 0, after
+        assert after["rss_gib"] - after["rss_before_engine_gib"] < 0.5, after  # the KV cache alone is 1 GiB
+        assert after["gaps"] and max(after["gaps"]) < 1e-3, after
+
+
+@pytest.mark.slow
+def test_two_process_vllm_fit_with_the_score_actor_and_merged_lora_leaves_the_trainers_group_usable(tmp_path):
+    dump = tmp_path / "dump"
+    dump.mkdir()
+    lora = ("--model.lora_rank=4", "--data.vllm_lora_sync=merged")  # W + BA pushed by every rank to its engine
+    run_paw(vllm_rank_args(dump, "score", 1, *lora), tmp_path, script=("tests/vllm_ddp_fit.py", str(tmp_path)))
+    check_after_vllm_fit(tmp_path)
+    metrics = logged(tmp_path / "runs/csv/version_0")[0]
+    assert metrics["episode/success_rate"] == pytest.approx(0.5) and metrics["val/count"] == 2
+    assert metrics["rollout/engine_logprob_gap"] < 1e-3
+
+
+@pytest.mark.slow
+def test_two_process_vllm_fit_with_the_generate_actor_and_a_lora_adapter_then_kill_9_and_resume(tmp_path):
+    """The generate actor on one vLLM engine per rank, serving the LoRA adapter as a LoRA request. Beside the uninterrupted run, a second one is killed
+    (every rank, -9) during its second iteration and resumed from its last checkpoint: it must log the
+    uninterrupted run's episode metrics and play the same episodes."""
+    from tests.test_stopping import episode_rows
+
+    full, killed = tmp_path / "full", tmp_path / "killed"
+    for run in (full, killed):
+        (run / "dump").mkdir(parents=True)
+    def args(dump: Path, *extra: str) -> list[str]:
+        return vllm_rank_args(dump, "generate", 2, "--model.lora_rank=4", "--data.vllm_lora_sync=adapter", *extra)
+
+    uninterrupted = start_paw(args(full / "dump"), full, ("tests/vllm_ddp_fit.py", str(full)))
+    try:
+        proc = start_paw(args(killed / "dump"), killed)
+        try:
+            wait_for_file(killed / "dump/rank0-iteration1.json", proc)  # iteration 0's checkpoint is written by then
+        finally:
+            os.killpg(proc.pid, signal.SIGKILL)
+            proc.communicate()
+        last = killed / "runs/csv/version_0/checkpoints/last.ckpt"
+        assert torch.load(last, weights_only=False)["epoch"] == 0
+        run_paw(args(killed / "dump", f"--ckpt_path={last}"), killed)
+        output, _ = uninterrupted.communicate(timeout=420)
+    finally:
+        if uninterrupted.poll() is None:  # a failure above: no rank of it may outlive the test
+            os.killpg(uninterrupted.pid, signal.SIGKILL)
+            uninterrupted.communicate()
+    assert uninterrupted.returncode == 0, output[-4000:]
+    check_after_vllm_fit(full)
+    expected, got = episode_rows(full / "runs/csv/version_0"), episode_rows(killed / "runs/csv/version_1")
+    assert sorted(expected) == [0, 1] and sorted(got) == [1] and got[1] == expected[1]
+    for r in (0, 1):
+        assert (killed / f"dump/rank{r}-iteration1.json").read_text() == (full / f"dump/rank{r}-iteration1.json").read_text()
+
+
+def wait_for_file(path: Path, proc: subprocess.Popen, timeout: float = 300) -> None:
+    deadline = time.monotonic() + timeout
+    while not path.exists():
+        if proc.poll() is not None:
+            pytest.fail(f"paw fit exited ({proc.returncode}) before writing {path.name}:\n{proc.communicate()[0][-3000:]}")
+        if time.monotonic() > deadline:
+            pytest.fail(f"paw fit did not write {path.name} in {timeout} s")
+        time.sleep(0.2)

@@ -168,16 +168,18 @@ class RolloutDataModule(L.LightningDataModule):
         env_timeout_s: deadline of every env reset, step and build in a worker; an env that misses it is
             killed with its worker and rebuilt, and its episode ends as truncated.
         engine: what runs the actor's forward passes: ``hf`` (the live training model), ``vllm`` (a
-            vLLM engine in this process, synced once per iteration) or ``auto`` (vLLM for the generate
-            actor when it is installed; HF for the score actor, whose exact log-probs the trainer reuses,
-            and with several processes, where vLLM is not supported).
+            vLLM engine in this process, synced once per iteration; with several processes, one per
+            process) or ``auto`` (vLLM for the generate actor when it is installed; HF for the score
+            actor, whose exact log-probs the trainer reuses).
         vllm_dtype: the vLLM engine's weights dtype (bfloat16 is the fast one; float32 matches the trainer).
         vllm_max_model_len: longest prompt + response vLLM serves (default: max_prompt_tokens + max_new_tokens + 64).
-        vllm_kv_cache_gib: CPU: memory for vLLM's KV cache.
-        vllm_gpu_memory_utilization: GPU: the share of GPU memory vLLM may take; the trainer needs the rest.
+        vllm_kv_cache_gib: CPU: memory for each process's vLLM KV cache (vLLM reads a whole number of GiB).
+        vllm_gpu_memory_utilization: GPU: the share of its own GPU that each process's vLLM engine may
+            take (one engine per GPU: the share is per device, not split over them); the trainer needs the rest.
         vllm_lora_sync: with LoRA, push ``merged`` weights (W + BA) or serve the ``adapter`` as a LoRA
             request; ``auto``: merged on CPU (faster there), adapter on GPU.
-        vllm_sleep: GPU: put vLLM to sleep during the update, freeing its memory for training.
+        vllm_sleep: GPU: put vLLM to sleep during the update, freeing its memory for training (every
+            process's engine sleeps and wakes on its own GPU; no collective).
     """
 
     def __init__(
@@ -261,8 +263,6 @@ class RolloutDataModule(L.LightningDataModule):
         if stage == "fit" and self.trainer is not None:
             self.stop.install()  # SIGTERM / Ctrl-C stop the fit within seconds, even mid-rollout
         ranks = self.ranks
-        if ranks.distributed:  # data.engine: vllm fails here, before compute
-            resolve_engine(hp.engine, hp.actor, ranks.world_size)
         if hp.val_episodes and hp.val_episodes < ranks.world_size:
             raise ValueError(
                 f"data.val_episodes ({hp.val_episodes}) must be at least the number of processes ({ranks.world_size}): "
@@ -300,17 +300,16 @@ class RolloutDataModule(L.LightningDataModule):
 
     def _build_engine(self, module: L.LightningModule) -> RolloutEngine:
         hp = self.hparams
-        if resolve_engine(hp.engine, hp.actor, self.ranks.world_size) == "hf":
+        if resolve_engine(hp.engine, hp.actor) == "hf":
             return HFEngine(module.model, module.tokenizer)
-        from paw_lightning.models import serving_folder
         from paw_lightning.rollout.vllm_engine import VLLMEngine, VLLMSettings, resolve_lora_sync
 
-        mp = module.hparams
+        mp, trainer = module.hparams, self.trainer
         lora_sync = resolve_lora_sync(hp.vllm_lora_sync, mp.lora_rank)
         if lora_sync == "adapter" and hp.actor == "score" and not torch.cuda.is_available():
             raise ValueError("vLLM cannot score with a LoRA adapter on CPU; set data.vllm_lora_sync: merged (or auto)")
         settings = VLLMSettings(
-            folder=serving_folder(mp.model_name, mp.model_seed, module.tokenizer, mp.trust_remote_code),
+            folder=self._serving_folder(module),
             dtype=hp.vllm_dtype,
             max_model_len=hp.vllm_max_model_len or hp.max_prompt_tokens + hp.max_new_tokens + 64,
             kv_cache_gib=hp.vllm_kv_cache_gib,
@@ -318,10 +317,27 @@ class RolloutDataModule(L.LightningDataModule):
             lora_sync=lora_sync,
             lora_rank=mp.lora_rank,
             sleep=hp.vllm_sleep,
-            seed=hp.seed,
+            seed=hp.seed + trainer.global_rank,
             trust_remote_code=mp.trust_remote_code,
+            rank=trainer.global_rank,
+            local_rank=trainer.local_rank,
+            world_size=trainer.world_size,
         )
         return VLLMEngine(settings, module.tokenizer)
+
+    def _serving_folder(self, module: L.LightningModule) -> str:
+        """The base model's HF folder for vLLM. With several processes rank 0 writes it (transformers saves
+        weights on rank 0 only) while the others wait, then they read it."""
+        from paw_lightning.models import serving_folder
+
+        mp, trainer = module.hparams, self.trainer
+        write = functools.partial(serving_folder, mp.model_name, mp.model_seed, module.tokenizer, mp.trust_remote_code)
+        if trainer.world_size <= 1:
+            return write()
+        if trainer.global_rank == 0:
+            write()
+        trainer.strategy.barrier("paw-serving-folder")
+        return write()  # written: only looked up
 
     def collect(self, policy, tokenizer):
         """One rollout with the given policy: a RolloutEngine, or a model (run on the HF engine, in eval

@@ -15,7 +15,8 @@ Two backends, picked by ``data.engine``:
 - ``hf``: the live training model through transformers (``generate``; candidates packed after one
   copy of the prompt). Nothing to sync, and its log-probs are the trainer's own.
 - ``vllm``: a ``vllm.LLM`` colocated in the training process (vllm_engine.py); weights pushed once
-  per iteration, then its prefix cache reset.
+  per iteration, then its prefix cache reset. With several processes (DDP, FSDP) every process owns
+  one engine (TRL's colocate mode).
 """
 
 from __future__ import annotations
@@ -194,20 +195,12 @@ def vllm_available() -> bool:
     return importlib.util.find_spec("vllm") is not None
 
 
-def resolve_engine(engine: str, actor: str, world_size: int = 1) -> str:
+def resolve_engine(engine: str, actor: str) -> str:
     """The backend that ``engine`` names for this actor: ``auto`` is vLLM for the generate actor when
-    it is installed, and the HF engine for the score actor (its log-probs are the trainer's own and are
-    reused; vLLM scored only 1.2x faster here and then needs the trainer's own scoring pass, see
-    benchmarks/README.md), when vLLM is missing, or with several training processes."""
-    if world_size > 1:
-        # The in-process vLLM engine sets up its own one-process torch.distributed group, which cannot
-        # live beside the process group of Lightning's DDP/FSDP.
-        if engine == "vllm":
-            raise ValueError(
-                f"data.engine: vllm runs inside one training process and cannot run under {world_size} "
-                "processes (DDP/FSDP); use data.engine: hf (or auto) with several devices"
-            )
-        return "hf"
+    it is installed (with one process or several: each training process owns its own engine), and the
+    HF engine for the score actor (its log-probs are the trainer's own and are reused; vLLM scored only
+    1.2x faster here and then needs the trainer's own scoring pass, see benchmarks/README.md) or when
+    vLLM is missing."""
     if engine == "auto":
         return "vllm" if actor == "generate" and vllm_available() else "hf"
     if engine == "vllm" and not vllm_available():

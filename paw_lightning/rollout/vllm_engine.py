@@ -1,7 +1,12 @@
 """The ``vllm`` rollout engine: a ``vllm.LLM`` colocated in the training process.
 
 Created once per process (and reused by later fits with the same settings, e.g. in tests), after the
-trainer's model. Before each rollout the DataModule calls ``sync`` when the weights changed:
+trainer's model. With several processes (DDP, FSDP) every process owns one engine, as TRL's colocate
+mode does: created at the first rollout, so after the trainer's process group and at the same point on
+every process (creation runs collectives), through vLLM's ``external_launcher`` with tensor parallel
+size 1, the rank variables taken from the trainer and a seed per process; it is shut down when the fit
+ends, without destroying the trainer's group. Before each rollout the DataModule calls ``sync`` when the
+weights changed (every process pushes its own copy of them to its own engine):
 
 - full fine-tuning, or LoRA with ``lora_sync: merged``: the trainer's weights (W + s * B A merged
   outside the trainer, 4-bit bases de-quantised) are pushed with vLLM's in-place ``reload_weights``;
@@ -49,12 +54,16 @@ class VLLMSettings:
         dtype: weights and compute dtype of the engine (``bfloat16`` is the fast one on CPU and GPU).
         max_model_len: longest prompt + response.
         kv_cache_gib: CPU only: KV cache size.
-        gpu_memory_utilization: GPU only: the share of GPU memory vLLM may take (the trainer needs the rest).
+        gpu_memory_utilization: GPU only: the share of this process's GPU that vLLM may take (the trainer needs the rest).
         lora_sync: ``merged`` or ``adapter`` (``auto`` resolved by ``resolve_lora_sync``).
         lora_rank: the adapter's rank (``adapter`` mode).
         sleep: GPU only: release the engine's memory between rollouts.
-        seed: the engine's own seed.
+        seed: the engine's own seed (the DataModule adds the rank: every process samples its own way).
         trust_remote_code: passed to vLLM.
+        rank: this training process's global rank.
+        local_rank: its rank on this machine (on GPUs: the device its engine runs on, as the trainer's).
+        world_size: the training processes; above 1, the engine joins the trainer's process group through
+            vLLM's ``external_launcher`` (tensor parallel size 1: one whole engine per process).
     """
 
     folder: str
@@ -67,6 +76,9 @@ class VLLMSettings:
     sleep: bool = True
     seed: int = 0
     trust_remote_code: bool = False
+    rank: int = 0
+    local_rank: int = 0
+    world_size: int = 1
 
 
 def on_gpu() -> bool:
@@ -82,7 +94,8 @@ def resolve_lora_sync(lora_sync: str, lora_rank: int) -> str:
     return lora_sync
 
 
-_LIVE: dict[str, object] = {}  # the one engine of this process: {"settings": VLLMSettings, "llm": vllm.LLM}
+# the one engine of this process: {"settings": VLLMSettings, "llm": vllm.LLM, "owns_group": bool}
+_LIVE: dict[str, object] = {}
 
 
 def _prepare_environment(settings: VLLMSettings) -> None:
@@ -93,17 +106,29 @@ def _prepare_environment(settings: VLLMSettings) -> None:
     if not on_gpu():
         os.environ["VLLM_CPU_KVCACHE_SPACE"] = f"{settings.kv_cache_gib:g}"
     os.environ.setdefault("VLLM_LOGGING_LEVEL", "WARNING")
+    if settings.world_size > 1:
+        # external_launcher reads these (Lightning exports LOCAL_RANK but not RANK); MASTER_ADDR/PORT
+        # are the trainer's, and the group already exists, so vLLM joins it instead of making its own.
+        os.environ |= {"RANK": str(settings.rank), "LOCAL_RANK": str(settings.local_rank), "WORLD_SIZE": str(settings.world_size)}
 
 
-def shared_llm(settings: VLLMSettings):
-    """The process's vLLM engine for these settings (an engine with other settings is shut down first)."""
-    live = _LIVE.get("settings")
-    if live == settings:
-        return _LIVE["llm"]
-    shutdown()
-    _prepare_environment(settings)
-    from vllm import LLM
+def check_process_group(settings: VLLMSettings) -> None:
+    """With several processes the engine must join the trainer's process group: vLLM creates a group only
+    when none exists, and one made before the trainer's makes Lightning fail ("initialize the default
+    process group twice")."""
+    if settings.world_size <= 1:
+        return
+    dist = torch.distributed
+    found = dist.get_world_size() if dist.is_available() and dist.is_initialized() else 0
+    if found != settings.world_size:
+        raise RuntimeError(
+            f"the vLLM engine of process {settings.rank} of {settings.world_size} must be created after the trainer's "
+            f"process group ({found or 'none'} found): let RolloutDataModule build it at the first rollout, inside trainer.fit"
+        )
 
+
+def engine_kwargs(settings: VLLMSettings) -> dict:
+    """The ``vllm.LLM`` arguments for these settings (checks the trainer's process group with several processes)."""
     kwargs = dict(
         model=settings.folder,
         tokenizer=settings.folder,
@@ -119,34 +144,78 @@ def shared_llm(settings: VLLMSettings):
         kwargs |= dict(gpu_memory_utilization=settings.gpu_memory_utilization, enable_sleep_mode=settings.sleep)
     if settings.lora_sync == "adapter":
         kwargs |= dict(enable_lora=True, max_lora_rank=max(settings.lora_rank, 8), max_loras=1)
+    if settings.world_size > 1:
+        # One engine per process in the trainer's group (TRL's colocate mode); the default executor
+        # would also join it but give every process local rank 0 (on GPUs: every engine on cuda:0).
+        check_process_group(settings)
+        kwargs |= dict(distributed_executor_backend="external_launcher", tensor_parallel_size=1)
+    return kwargs
+
+
+def shared_llm(settings: VLLMSettings):
+    """The process's vLLM engine for these settings (an engine with other settings is shut down first)."""
+    live = _LIVE.get("settings")
+    if live == settings:
+        return _LIVE["llm"]
+    shutdown()
+    _prepare_environment(settings)
+    from vllm import LLM
+
+    kwargs = engine_kwargs(settings)
+    owns_group = not torch.distributed.is_initialized()  # with none, vLLM makes a one-process group
     # Creating the engine re-seeds torch's global RNG; keep the run's RNG stream as it was.
     with torch.random.fork_rng(devices=[]):
         llm = LLM(**kwargs)
-    if torch.distributed.is_initialized() and torch.distributed.get_world_size() == 1:
+    if owns_group and torch.distributed.is_initialized():
         # vLLM set up a one-process group for itself; Lightning then asks for sync_dist on every
         # epoch-level metric, which means nothing with one process.
         warnings.filterwarnings("ignore", message=".*sync_dist=True.*")
     # Rotary embeddings have no weights to reload; vLLM says so on every sync.
     logging.getLogger("vllm.model_executor.model_loader.reload.layerwise").setLevel(logging.ERROR)
-    _LIVE.update(settings=settings, llm=llm)
-    return llm
+    _LIVE.update(settings=settings, llm=llm, owns_group=owns_group)
+    # vLLM's import keeps a traceback whose frames reach this one: without the del, this frame's local
+    # would keep the engine alive after shutdown().
+    del llm
+    return _LIVE["llm"]
 
 
 def shutdown() -> None:
-    """Shut the process's engine down and free its memory (a later ``shared_llm`` starts a new one)."""
+    """Shut the process's engine down and free its memory (a later ``shared_llm`` starts a new one).
+
+    A process group that the trainer made stays usable: vLLM's engine shutdown destroys the default
+    group, and ``del llm`` alone frees nothing (vLLM froze the garbage collector after start-up).
+    """
     llm = _LIVE.pop("llm", None)
+    owns_group = _LIVE.pop("owns_group", True)
     _LIVE.pop("settings", None)
     if llm is None:
         return
+    with keep_default_group(not owns_group):
+        llm.llm_engine.engine_core.shutdown()  # unfreezes the GC, destroys vLLM's own groups
     del llm
-    with contextlib.suppress(Exception):
-        from vllm.distributed.parallel_state import destroy_distributed_environment, destroy_model_parallel
-
-        destroy_model_parallel()
-        destroy_distributed_environment()
     gc.collect()
     if on_gpu():
         torch.cuda.empty_cache()
+
+
+@contextlib.contextmanager
+def keep_default_group(keep: bool) -> Iterator[None]:
+    """Inside, ``torch.distributed.destroy_process_group`` leaves the default (trainer's) group alone when
+    ``keep``; vLLM's own sub-groups are still destroyed."""
+    if not keep:
+        yield
+        return
+    destroy = torch.distributed.destroy_process_group
+
+    def destroy_but_default(group=None):
+        if group is not None and group is not torch.distributed.group.WORLD:
+            destroy(group)
+
+    torch.distributed.destroy_process_group = destroy_but_default
+    try:
+        yield
+    finally:
+        torch.distributed.destroy_process_group = destroy
 
 
 class VLLMEngine(RolloutEngine):
@@ -267,6 +336,10 @@ class VLLMEngine(RolloutEngine):
         return scores
 
     def close(self) -> None:
-        """Forget this engine's adapters; the vLLM engine stays up for reuse (``shutdown()`` frees it)."""
+        """Forget this engine's adapters. With one process the vLLM engine stays up for reuse by a later
+        fit (``shutdown()`` frees it); with several it belongs to this fit's process group and is shut down."""
         self.lora_request = None
         self._adapter_dir.cleanup()
+        if self.settings.world_size > 1:
+            self.llm = None
+            shutdown()
