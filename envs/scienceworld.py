@@ -14,6 +14,7 @@ from __future__ import annotations
 from typing import Any, Sequence
 
 import gymnasium as gym
+import numpy as np
 
 from paw_lightning.envs.base import text_space, tidy_text
 from paw_lightning.envs.java import check_java_env, jvm_launch
@@ -26,6 +27,21 @@ def task_topics() -> dict[str, str]:
     from scienceworld.constants import TASKS
 
     return {task["task_name"]: task["topic"] for task in TASKS}
+
+
+def canonical_text(text: str) -> str:
+    """The simulator's text with each block of tab-indented object lines sorted: it lists objects of the
+    same name ("a wood cup (containing red paint)", "... blue paint") in an order that changes from one
+    reset of the same world to the next, and a replay must read the same."""
+    lines, block, out = text.split("\n"), [], []
+    for line in lines + [""]:
+        if line.startswith("\t"):
+            block.append(line)
+            continue
+        out.extend(sorted(block))
+        block = []
+        out.append(line)
+    return tidy_text("\n".join(out[:-1]))
 
 
 def check_tasks(tasks: Sequence[str] | None) -> list[str]:
@@ -53,8 +69,13 @@ class ScienceWorldEnv(gym.Env):
             on the completing step, else 0, like ALFWorld, so ``r_max`` means the same).
         win_reward: reward of the completing step when ``reward: win``.
         step_limit: moves after which the episode is truncated (the collector's ``max_steps`` may end it first).
-        drop_commands: leave out admissible commands starting with any of these words (e.g. ``["close",
-            "look at"]``), so the score actor ranks fewer candidates; the game still accepts them as text.
+        keep_commands: list only admissible commands starting with one of these (e.g. ``["teleport to", "focus
+            on", "pick up", "move", "look around"]`` for the find-* tasks); None: all. The list reaches 1,000+
+            in a furnished room, and the score actor ranks every entry; the game still accepts any text.
+        drop_commands: then leave out commands starting with any of these (e.g. ``["close", "look at"]``).
+            ``reset task`` is always left out (it restarts the episode's world behind the collector's back).
+        max_commands: list at most this many (0 = all): a random subset, drawn from the reset seed and the
+            step number (so a replay lists the same), that may miss the command a step needs.
         gold_plan: put the gold command sequence in ``info["gold_plan"]`` (costs up to a few seconds per new
             variation; for tests and a scripted baseline).
         jvm_heap_mb: maximum heap of this env's JVM (the JVM default takes 2.5 GB; 512 MB is plenty).
@@ -70,16 +91,20 @@ class ScienceWorldEnv(gym.Env):
         reward: str = "score",
         win_reward: float = 10.0,
         step_limit: int = 100,
+        keep_commands: Sequence[str] | None = None,
         drop_commands: Sequence[str] = (),
+        max_commands: int = 0,
         gold_plan: bool = False,
         jvm_heap_mb: int = 512,
     ) -> None:
-        self.check_kwargs(tasks, split, simplifications, reward, step_limit, jvm_heap_mb)
+        self.check_kwargs(tasks, split, simplifications, reward, step_limit, max_commands, jvm_heap_mb)
         self.tasks = check_tasks(tasks)
         self.topics = task_topics()
         self.split, self.simplifications, self.reward_mode = split, simplifications, reward
         self.win_reward, self.step_limit, self.gold_plan = float(win_reward), int(step_limit), gold_plan
-        self.drop_commands = tuple(drop_commands)
+        self.keep_commands = tuple(keep_commands) if keep_commands else ("",)
+        self.drop_commands = (*drop_commands, "reset task")
+        self.max_commands = int(max_commands)
         self.jvm_heap_mb = int(jvm_heap_mb)
         self.observation_space = text_space()
         self.action_space = text_space()
@@ -87,16 +112,18 @@ class ScienceWorldEnv(gym.Env):
         self._variations: dict[str, list[int]] = {}
         self._loaded: tuple[str, int] | None = None
         self._plan: list[str] = []
-        self._moves = 0
+        self._moves, self._draw = 0, 0
         self._won = False
 
     @staticmethod
-    def check_kwargs(tasks, split, simplifications, reward, step_limit, jvm_heap_mb, **_) -> None:
+    def check_kwargs(tasks, split, simplifications, reward, step_limit, max_commands, jvm_heap_mb, **_) -> None:
         """Raise on a bad argument or a missing Java, without starting a JVM (the CLI checks configs with it)."""
         check_tasks(tasks)
         unknown = [s for s in simplifications.split(",") if s and s not in SIMPLIFICATIONS]
         if unknown:
             raise ValueError(f"unknown ScienceWorld simplification(s) {unknown}; valid: {SIMPLIFICATIONS} (comma-separated)")
+        if max_commands < 0:
+            raise ValueError(f"max_commands must be >= 0 (0 = all), got {max_commands}")
         check_java_env("ScienceWorld", split, reward, step_limit, jvm_heap_mb)
 
     def _simulator(self):
@@ -120,7 +147,11 @@ class ScienceWorldEnv(gym.Env):
 
     def _info(self, sim_info: dict[str, Any], won: bool) -> dict[str, Any]:
         task, variation = self._loaded
-        commands = sorted(c for c in sim_info["valid"] if not c.startswith(self.drop_commands))
+        commands = sorted(c for c in set(sim_info["valid"])
+                          if c.startswith(self.keep_commands) and not c.startswith(self.drop_commands))
+        if 0 < self.max_commands < len(commands):
+            rng = np.random.default_rng([self._draw, self._moves])
+            commands = [commands[i] for i in sorted(rng.choice(len(commands), self.max_commands, replace=False))]
         info = {"task": self._task, "admissible_commands": commands, "won": won, "task_type": task,
                 "task_label": self.topics[task], "variation": variation, "score": int(sim_info["score"])}
         if self.gold_plan:
@@ -130,7 +161,7 @@ class ScienceWorldEnv(gym.Env):
     def reset(self, *, seed: int | None = None, options: dict[str, Any] | None = None):
         super().reset(seed=seed)
         options = options or {}
-        draw = seed if seed is not None else int(self.np_random.integers(2**31))
+        draw = self._draw = seed if seed is not None else int(self.np_random.integers(2**31))
         task = options.get("task", self.tasks[draw % len(self.tasks)])
         variations = self.variations(check_tasks([task])[0])
         variation = int(options.get("variation", variations[(draw // len(self.tasks)) % len(variations)]))
@@ -141,7 +172,7 @@ class ScienceWorldEnv(gym.Env):
             self._plan = sim.get_gold_action_sequence() if self.gold_plan else []
         obs, sim_info = sim.reset()
         self._task, self._moves, self._won = tidy_text(sim.get_task_description()), 0, False
-        return tidy_text(obs), self._info(sim_info, won=False)
+        return canonical_text(obs), self._info(sim_info, won=False)
 
     def step(self, action: str):
         if self._loaded is None:
@@ -155,7 +186,7 @@ class ScienceWorldEnv(gym.Env):
             reward = self.win_reward if won and not self._won else 0.0
         self._won = won
         truncated = not done and self._moves >= self.step_limit
-        return tidy_text(obs), reward, bool(done), truncated, self._info(sim_info, won)
+        return canonical_text(obs), reward, bool(done), truncated, self._info(sim_info, won)
 
     def close(self) -> None:
         if self._sim is not None:

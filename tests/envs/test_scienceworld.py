@@ -29,8 +29,10 @@ def test_reset_follows_the_contract_and_replays_exactly(env):
     result = env.step("look around")
     check_text_env_step(result)
     assert result[1] == 0.0 and not result[2]
-    again = env.reset(seed=1)
-    assert again == (obs, info)
+    assert "reset task" not in info["admissible_commands"]  # it would restart the world mid-episode
+    env.step("teleport to kitchen")
+    for _ in range(3):  # the simulator lists the art studio's three wood cups in a new order at every reset
+        assert env.reset(seed=1) == (obs, info)
     assert env.reset(seed=1 + len(GOLD_TASKS))[1]["variation"] != info["variation"]  # next variation, same task
 
 
@@ -75,6 +77,18 @@ def test_splits_hold_disjoint_variations(env):
     assert train[0] == 0 and dev and not set(train) & set(dev)
 
 
+def test_keep_and_max_commands_list_a_replayable_subset(env):
+    env.keep_commands, env.max_commands = ("focus on", "teleport to"), 5
+    try:
+        # seed 0: a world without two objects of one name (the simulator names their commands anew at every reset)
+        first = [env.reset(seed=0)[1]["admissible_commands"], env.step("teleport to kitchen")[4]["admissible_commands"]]
+        again = [env.reset(seed=0)[1]["admissible_commands"], env.step("teleport to kitchen")[4]["admissible_commands"]]
+    finally:
+        env.keep_commands, env.max_commands = ("",), 0
+    assert first == again and first[0] != first[1]
+    assert all(len(c) == 5 and all(x.startswith(("focus on", "teleport to")) for x in c) for c in first)
+
+
 def test_focusing_on_the_wrong_thing_ends_the_episode_lost(env):
     _, info = env.reset(options={"task": "find-animal", "variation": 0})
     obs, reward, terminated, truncated, info = env.step("focus on agent")
@@ -103,10 +117,11 @@ def test_all_thirty_tasks_are_known_without_a_jvm():
 
 def test_the_same_rollout_with_and_without_env_workers(tiny):
     model, tokenizer = tiny
-    kwargs = {"tasks": ["find-animal"], "jvm_heap_mb": 256, "drop_commands": ["look at", "close"]}
+    kwargs = {"tasks": ["find-animal"], "jvm_heap_mb": 256, "drop_commands": ["look at", "close"], "max_commands": 12}
     runs = {w: record(play(collector("paw/ScienceWorld-v0", kwargs, ScoreActor(), w, num_groups=1, max_steps=3),
                            model, tokenizer, [0], rollouts=1))
             for w in (0, 2)}
     assert runs[2] == runs[0]
     transitions = runs[0][0][0]
     assert transitions and not any(t["action_text"].startswith("look at") for t in transitions)
+    assert all(len(t["candidate_ids"]) == 12 for t in transitions)

@@ -26,6 +26,8 @@ def test_reset_follows_the_contract_and_replays_by_seed(env):
     check_text_env_step(env.step("look around"))
     assert env.reset(seed=4) == (obs, info)
     assert env.reset(seed=5)[1]["game_seed"] == 5
+    environ = open(f"/proc/{env._sim._gateway.java_process.pid}/environ", "rb").read().split(b"\0")
+    assert any(v.startswith(b"JAVA_TOOL_OPTIONS=-Xmx256m ") for v in environ)  # the capped heap reached the JVM
 
 
 @pytest.mark.parametrize("game", GAMES)
