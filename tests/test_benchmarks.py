@@ -107,3 +107,13 @@ def test_ddp_benchmark_smoke_run(tmp_path, coin_pool_kwargs):
     run = json.loads(out.read_text())["runs"][0]["runs"][0]
     assert run["processes"] == 1 and run["episodes_per_iteration"] == 2
     assert run["rollout_env_steps_per_s"] > 0 and run["iteration_s"] > 0 and run["env_steps_per_s_overall"] > 0
+
+
+def test_env_zoo_script_measures_a_family_and_writes_its_row(tmp_path):
+    out = tmp_path / "results.json"
+    done = subprocess.run([sys.executable, str(ROOT / "benchmarks/envs.py"), "--families", "frozenlake", "--steps", "8",
+                           "--out", str(out)], capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stdout + done.stderr
+    row = json.loads(out.read_text())["runs"][0]["envs"]["frozenlake"]
+    assert row["admissible_median"] == 4 and row["steps_per_s"] > 0 and row["steps_per_s_2_workers"] > 0
+    assert "| frozenlake | frozenlake_tiny.yaml |" in done.stdout and "not measured |" in done.stdout
