@@ -73,7 +73,8 @@ class ScienceWorldEnv(gym.Env):
             on", "pick up", "move", "look around"]`` for the find-* tasks); None: all. The list reaches 1,000+
             in a furnished room, and the score actor ranks every entry; the game still accepts any text.
         drop_commands: then leave out commands starting with any of these (e.g. ``["close", "look at"]``).
-            ``reset task`` is always left out (it restarts the episode's world behind the collector's back).
+            ``reset task`` is always left out (it restarts the episode's world behind the collector's back);
+            a step where the filters leave nothing lists the simulator's whole list (or ``look around``).
         max_commands: list at most this many (0 = all): a random subset, drawn from the reset seed and the
             step number (so a replay lists the same), that may miss the command a step needs.
         gold_plan: put the gold command sequence in ``info["gold_plan"]`` (costs up to a few seconds per new
@@ -147,8 +148,10 @@ class ScienceWorldEnv(gym.Env):
 
     def _info(self, sim_info: dict[str, Any], won: bool) -> dict[str, Any]:
         task, variation = self._loaded
-        commands = sorted(c for c in set(sim_info["valid"])
-                          if c.startswith(self.keep_commands) and not c.startswith(self.drop_commands))
+        valid = set(sim_info["valid"]) - {"reset task"}
+        commands = sorted(c for c in valid if c.startswith(self.keep_commands) and not c.startswith(self.drop_commands))
+        # the score actor needs a candidate: when the filters leave none, the simulator's own list (or a look)
+        commands = commands or sorted(valid) or ["look around"]
         if 0 < self.max_commands < len(commands):
             rng = np.random.default_rng([self._draw, self._moves])
             commands = [commands[i] for i in sorted(rng.choice(len(commands), self.max_commands, replace=False))]

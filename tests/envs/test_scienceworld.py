@@ -89,6 +89,15 @@ def test_keep_and_max_commands_list_a_replayable_subset(env):
     assert all(len(c) == 5 and all(x.startswith(("focus on", "teleport to")) for x in c) for c in first)
 
 
+def test_filters_that_leave_nothing_fall_back_to_the_simulators_list(env):
+    env.keep_commands = ("sing",)
+    try:
+        commands = env.reset(seed=0)[1]["admissible_commands"]
+    finally:
+        env.keep_commands = ("",)
+    assert "look around" in commands and "reset task" not in commands and len(commands) > 20
+
+
 def test_focusing_on_the_wrong_thing_ends_the_episode_lost(env):
     _, info = env.reset(options={"task": "find-animal", "variation": 0})
     obs, reward, terminated, truncated, info = env.step("focus on agent")
