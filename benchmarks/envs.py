@@ -9,6 +9,7 @@ binomial standard error). The load average is written beside the figures.
 
     python benchmarks/envs.py                                   # every family, no SmolLM2 column
     nice -n 15 python benchmarks/envs.py --smollm2-episodes 32  # plus the SmolLM2 column (CPU-heavy)
+    python benchmarks/envs.py --no-speed --smollm2-episodes 32 --families textworld_express
     python benchmarks/envs.py --families scienceworld,frozenlake
 Prints the JSON report and the README table and appends the report to --out (benchmarks/results.json).
 """
@@ -40,7 +41,7 @@ FAMILIES = {
     "textworld": ("smollm2_coin_collector.yaml", "generated TextWorld games (here coin collector, level 3)"),
     "alfworld": ("alfworld_tiny.yaml", "6 task types (here generated games, small rooms)"),
     "scienceworld": ("smollm2_scienceworld.yaml", "30 tasks, 7,207 variations (here the 4 find-* tasks, easy)"),
-    "textworld_express": ("smollm2_textworld_express.yaml", "8 games (here coin, 3 rooms)"),
+    "textworld_express": ("smollm2_textworld_express.yaml", "8 games (here coin, 5 rooms, closed doors)"),
     "frozenlake": ("frozenlake_tiny.yaml", "FrozenLake-v1 4x4"),
     "frozenlake_slippery": ("frozenlake_slippery_tiny.yaml", "FrozenLake-v1 4x4, slippery"),
     "cliffwalking": ("cliffwalking_tiny.yaml", "CliffWalking-v1"),
@@ -152,6 +153,8 @@ def main() -> None:
     parser.add_argument("--families", default=",".join(FAMILIES), help="comma-separated names of FAMILIES")
     parser.add_argument("--steps", type=int, default=200, help="timed env steps per family and setting")
     parser.add_argument("--smollm2-episodes", type=int, default=0, help="episodes of the SmolLM2 column (0 = skip)")
+    parser.add_argument("--speed", action=argparse.BooleanOptionalAction, default=True,
+                        help="measure the speed and memory columns (--no-speed: only the SmolLM2 column)")
     parser.add_argument("--out", default=str(ROOT / "benchmarks/results.json"), help="results file to append to")
     args = parser.parse_args()
     os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
@@ -159,7 +162,9 @@ def main() -> None:
 
     rows = {}
     for name in args.families.split(","):
-        rows[name] = {"loadavg_before": open("/proc/loadavg").read().split()[:3]} | speed(name, args.steps)
+        rows[name] = {"loadavg_before": open("/proc/loadavg").read().split()[:3]}
+        if args.speed:
+            rows[name] |= speed(name, args.steps)
         if args.smollm2_episodes:
             rows[name] |= smollm2_success(name, args.smollm2_episodes)
         rows[name]["loadavg_after"] = open("/proc/loadavg").read().split()[:3]
