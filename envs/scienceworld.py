@@ -1,6 +1,6 @@
 """ScienceWorld (``scienceworld`` on PyPI, a Scala simulator in a JVM) as a Gymnasium text env.
 
-30 tasks in 10 topics of elementary science, each with numbered variations split into train, dev and
+30 tasks of elementary science (7 topics in the package's labels), each with numbered variations split into train, dev and
 test. ``reset(seed=s)`` plays task ``tasks[s % len(tasks)]``, variation ``split[(s // len(tasks)) % n]``
 (or ``options={"task": name, "variation": v}``); a (task, variation, simplifications) triple fixes the
 world, so the same seed replays exactly. Each env starts its own JVM on its first reset (2-3 s).
