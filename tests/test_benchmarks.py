@@ -137,3 +137,13 @@ def test_micro_batch_and_grad_terms_benchmarks_run_on_the_tiny_quickstart(tmp_pa
     assert done.returncode == 0, done.stdout[-2000:] + done.stderr[-2000:]
     report = json.loads(done.stdout[done.stdout.rindex("\n{\n"):])
     assert report["steps"] and all(s["grad/rl_norm"] > 0 for s in report["steps"])
+
+
+def test_env_zoo_script_measures_a_family_and_writes_its_row(tmp_path):
+    out = tmp_path / "results.json"
+    done = subprocess.run([sys.executable, str(ROOT / "benchmarks/envs.py"), "--families", "frozenlake", "--steps", "8",
+                           "--out", str(out)], capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stdout + done.stderr
+    row = json.loads(out.read_text())["runs"][0]["envs"]["frozenlake"]
+    assert row["admissible_median"] == 4 and row["steps_per_s"] > 0 and row["steps_per_s_2_workers"] > 0
+    assert "| frozenlake | frozenlake_tiny.yaml |" in done.stdout and "not measured |" in done.stdout

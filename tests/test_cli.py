@@ -79,6 +79,37 @@ def test_grpo_baseline_runs_without_world_model_metrics(tmp_path, monkeypatch, c
     assert "loss/policy_step" in header and "paw/wm_loss_step" not in header
 
 
+@pytest.mark.slow
+@pytest.mark.parametrize("config", ["scienceworld_tiny", "textworld_express_tiny", "frozenlake_tiny"])
+def test_each_env_family_runs_two_iterations(config, tmp_path, monkeypatch):
+    """ScienceWorld, TextWorldExpress and a wrapped Gymnasium env train end to end (envs in 2 workers)."""
+    monkeypatch.chdir(tmp_path)
+    main(["fit", "--config", str(ROOT / f"configs/{config}.yaml"), *SMALL, "--data.num_groups=1",
+          "--data.env_workers=2", "--data.val_episodes=0"])
+    assert sorted(success_by_epoch(tmp_path / "runs/csv/version_0")) == [0, 1]
+    header = open(tmp_path / "runs/csv/version_0/metrics.csv").readline().strip().split(",")
+    assert "paw/wm_loss_step" in header and "episode/valid_action_ratio" in header
+
+
+@pytest.mark.parametrize(
+    "config, override, message",
+    [
+        ("scienceworld_tiny", "--data.env_kwargs.tasks=[boil,make-tea]", "unknown ScienceWorld task(s) ['make-tea']; valid tasks: ['boil',"),
+        ("scienceworld_tiny", "--data.val_env_kwargs.split=valid", "unknown ScienceWorld split 'valid'; choose one of ('train', 'dev', 'test')"),
+        ("textworld_express_tiny", "--data.env_kwargs.game=zork", "valid games: ('cookingworld', 'twc', 'coin'"),
+        ("textworld_express_tiny", "--data.env_kwargs.game_params=numRooms=3", "Known properties: numLocations"),
+        ("frozenlake_tiny", "--data.env_kwargs.env_id=FrozenLake-v9", "unknown Gymnasium id 'FrozenLake-v9'"),
+    ],
+)
+def test_bad_env_options_fail_in_one_line_before_the_model_loads(config, override, message, tmp_path, monkeypatch, capsys):
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setattr("paw_lightning.models.load_model", lambda *a, **k: pytest.fail("the model was loaded"))
+    with pytest.raises(SystemExit) as exit_info:
+        paw(["fit", "--config", str(ROOT / f"configs/{config}.yaml"), override])
+    err = capsys.readouterr().err.strip()
+    assert exit_info.value.code == 2 and len(err.splitlines()) == 1 and message in err, err
+
+
 @pytest.mark.parametrize(
     "override, message",
     [
