@@ -31,7 +31,8 @@ def test_gpu_suite_dry_run_runs_every_step_on_cpu(tmp_path):
     for mode in ("lora", "qlora"):
         assert update[mode]["paw"]["s_per_update"] > 0 and update[mode]["grpo"]["s_per_update"] > 0
         assert update[mode]["paw_over_grpo_time"] > 0
-        assert update[mode]["paw_budget"]["s_per_update"] > 0 and update[mode]["budget_over_whole_memory"] > 0
+        assert update[mode]["paw_budget"]["s_per_update"] > 0 and update[mode]["budget_over_whole_time"] > 0
+        assert "budget_over_whole_memory" in update[mode]  # NaN on CPU: no CUDA peak to read
     # a difference of two timings: on a loaded 2-core machine a tiny shape can even come out negative
     assert math.isfinite(update["decode"]["decode_ms_per_step"]) and update["decode"]["decode_floor_ms"] > 0
     assert update["device"] == "cpu" and update["settings"]["batch"] == 2
