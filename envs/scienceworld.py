@@ -192,9 +192,6 @@ class ScienceWorldEnv(gym.Env):
         return canonical_text(obs), reward, bool(done), truncated, self._info(sim_info, won)
 
     def close(self) -> None:
-        if self._sim is not None:
-            try:
-                self._sim.close()
-            finally:
-                self._sim = None
-                self._loaded = None
+        sim, self._sim, self._loaded = self._sim, None, None  # forgotten first: a JVM that fails to stop is gone anyway
+        if sim is not None:
+            sim.close()

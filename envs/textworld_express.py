@@ -142,8 +142,6 @@ class TextWorldExpressEnv(gym.Env):
         return tidy_text(obs), reward, bool(done), truncated, self._info(sim_info)
 
     def close(self) -> None:
-        if self._sim is not None:
-            try:
-                self._sim.close()
-            finally:
-                self._sim = None
+        sim, self._sim = self._sim, None  # forgotten first: a JVM that fails to stop is gone anyway
+        if sim is not None:
+            sim.close()

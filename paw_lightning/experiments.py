@@ -19,6 +19,15 @@ row per (arm, seed, iteration)::
 
     python -m paw_lightning.experiments notebooks/textworld_matrix.yaml [--dry-run] [--only ARM ...] [--collect] [--extend]
 
+Two optional keys serve paired comparisons of held-out episodes (validation plays the same episodes with
+the same random numbers in every run)::
+
+    untrained_validation: true                  # one `paw validate` of the untrained model, in runs_dir/untrained
+    episodes_output: notebooks/episodes.csv     # every held-out episode of every run, one row each
+
+The untrained model is every arm's starting point (a fresh LoRA adapter changes nothing), so one
+validation of it stands for iteration 0 of every (arm, seed); its rows have arm ``untrained`` and no seed.
+
 ``--extend`` grows a finished matrix's budget: raise ``trainer.max_epochs`` (in the base config or the
 matrix's ``args``) and every run resumes from its ``last.ckpt`` and trains on to the new last iteration.
 """
@@ -36,6 +45,8 @@ from typing import Any
 
 import yaml
 
+EPISODE_COLUMNS = ("arm", "seed", "iteration", "position", "env_seed", "task_type", "won", "return", "length")
+UNTRAINED = "untrained"  # the run folder and arm name of the untrained-model validation
 COLUMNS = (
     "arm", "config", "seed", "iteration", "env_steps", "episodes", "wall_s", "train_success", "eval_success",
     "eval_count", "train_return", "episode_length", "valid_action_ratio", "paw_lambda_mean", "paw_selected_frac",
@@ -91,8 +102,38 @@ def run_command(matrix: dict[str, Any], arm: str, seed: int, resume_from: Path |
     return command
 
 
-def run_folder(matrix: dict[str, Any], arm: str, seed: int) -> Path:
-    return Path(matrix["runs_dir"]) / arm / f"seed-{seed}"
+def validate_command(matrix: dict[str, Any]) -> list[str]:
+    """The ``paw validate`` command line of the untrained model (the base config and the matrix's args)."""
+    command = [sys.executable, "-m", "paw_lightning.cli", "validate", "--config", str(Path(matrix["base"]).resolve())]
+    return command + absolute_configs(matrix["args"]) + ["--trainer.enable_progress_bar=false", "--data.progress=false"]
+
+
+def run_folder(matrix: dict[str, Any], arm: str, seed: int | None) -> Path:
+    return Path(matrix["runs_dir"]) / (UNTRAINED if seed is None else Path(arm) / f"seed-{seed}")
+
+
+def read_val_episodes(folder: Path) -> list[dict[str, str]]:
+    """Every held-out episode a run played (its ``val_episodes.csv`` across resumed versions; for an
+    iteration validated in two versions the later one wins)."""
+    by_iteration: dict[str, list[dict[str, str]]] = {}
+    versions = sorted((folder / "runs" / "csv").glob("version_*"), key=lambda p: int(p.name.split("_")[1]))
+    for version in versions:
+        rows: dict[str, list[dict[str, str]]] = {}
+        path = version / "val_episodes.csv"
+        for row in csv.DictReader(open(path)) if path.exists() else []:
+            rows.setdefault(row["iteration"], []).append(row)
+        by_iteration |= rows
+    return [row for iteration in sorted(by_iteration, key=int) for row in by_iteration[iteration]]
+
+
+def episode_rows(matrix: dict[str, Any]) -> list[dict[str, Any]]:
+    """The held-out episodes of the whole matrix, one row each (the untrained validation first)."""
+    runs = [(UNTRAINED, None)] if matrix.get("untrained_validation") else []
+    runs += [(arm, int(seed)) for seed in matrix["seeds"] for arm in matrix["arms"]]
+    return [{"arm": arm, "seed": "" if seed is None else seed, "iteration": int(row["iteration"]),
+             "position": int(row["position"]), "env_seed": int(row["seed"]), "task_type": row["task_type"],
+             "won": int(row["won"]), "return": float(row["return"]), "length": int(row["length"])}
+            for arm, seed in runs for row in read_val_episodes(run_folder(matrix, arm, seed))]
 
 
 def read_run(folder: Path) -> list[dict[str, float]]:
@@ -123,11 +164,11 @@ def tidy_rows(matrix: dict[str, Any], arm: str, seed: int) -> list[dict[str, Any
     return rows
 
 
-def write_csv(path: str | Path, rows: list[dict[str, Any]]) -> None:
+def write_csv(path: str | Path, rows: list[dict[str, Any]], columns: tuple[str, ...] = COLUMNS) -> None:
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     with open(path, "w", newline="") as handle:
-        writer = csv.DictWriter(handle, fieldnames=COLUMNS)
+        writer = csv.DictWriter(handle, fieldnames=columns)
         writer.writeheader()
         writer.writerows(rows)
 
@@ -142,15 +183,18 @@ def run_matrix(matrix: dict[str, Any], only: list[str] | None = None, dry_run: b
     if unknown:
         raise ValueError(f"unknown arms {sorted(unknown)}; the matrix has {list(matrix['arms'])}")
     jobs = [] if collect_only else [(arm, int(seed)) for seed in matrix["seeds"] for arm in arms]
+    if matrix.get("untrained_validation") and not collect_only:
+        jobs.insert(0, (UNTRAINED, None))
     for number, (arm, seed) in enumerate(jobs, 1):
         folder = run_folder(matrix, arm, seed)
-        if (folder / "done").exists() and not extend:
-            print(f"[{number}/{len(jobs)}] {arm} seed {seed}: done, skipped", flush=True)
+        name = arm if seed is None else f"{arm} seed {seed}"
+        if (folder / "done").exists() and (not extend or seed is None):
+            print(f"[{number}/{len(jobs)}] {name}: done, skipped", flush=True)
             continue
         checkpoints = sorted(folder.glob("runs/csv/version_*/checkpoints/last.ckpt"), key=os.path.getmtime)
         resume = checkpoints[-1].resolve() if checkpoints else None
-        command = run_command(matrix, arm, seed, resume)
-        print(f"[{number}/{len(jobs)}] {arm} seed {seed}: {'resuming' if resume else 'starting'}", flush=True)
+        command = validate_command(matrix) if seed is None else run_command(matrix, arm, seed, resume)
+        print(f"[{number}/{len(jobs)}] {name}: {'resuming' if resume else 'starting'}", flush=True)
         if dry_run:
             print("  " + " ".join(command))
             continue
@@ -159,12 +203,14 @@ def run_matrix(matrix: dict[str, Any], only: list[str] | None = None, dry_run: b
         with open(folder / "log.txt", "a") as log:
             result = subprocess.run(command, cwd=folder, stdout=log, stderr=subprocess.STDOUT)
         if result.returncode != 0:
-            raise RuntimeError(f"{arm} seed {seed} failed (exit {result.returncode}); see {folder / 'log.txt'}")
+            raise RuntimeError(f"{name} failed (exit {result.returncode}); see {folder / 'log.txt'}")
         (folder / "done").write_text(f"{time.perf_counter() - started:.1f} s\n")
         print(f"  finished in {time.perf_counter() - started:.0f} s", flush=True)
     rows = [row for seed in matrix["seeds"] for arm in matrix["arms"] for row in tidy_rows(matrix, arm, int(seed))]
     if not dry_run:
         write_csv(matrix["output"], rows)
+        if matrix.get("episodes_output"):
+            write_csv(matrix["episodes_output"], episode_rows(matrix), EPISODE_COLUMNS)
     return rows
 
 

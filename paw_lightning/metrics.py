@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import csv
+import os
 from collections import defaultdict
 from collections.abc import Sequence
 
@@ -32,6 +34,23 @@ def episode_metrics(rollout: Rollout | Sequence[Episode]) -> dict[str, float]:
         metrics[f"episode/success_rate/{task_type}"] = sum(wins) / len(wins)
         metrics[f"episode/count/{task_type}"] = float(len(wins))
     return metrics
+
+
+EPISODE_COLUMNS = ("iteration", "position", "seed", "task_type", "won", "return", "length", "valid_actions")
+
+
+def append_episode_rows(path: str | os.PathLike, iteration: int, episodes: Sequence[Episode]) -> None:
+    """Append one CSV row per episode (its position in the list, env seed, task type, outcome) to ``path``:
+    held-out episodes played with the fixed validation generator are the same in every run, so two runs'
+    files pair episode by episode (``position`` and ``seed``), the paired comparison of two arms."""
+    new = not os.path.exists(path)
+    with open(path, "a", newline="") as handle:
+        writer = csv.writer(handle)
+        if new:
+            writer.writerow(EPISODE_COLUMNS)
+        for position, e in enumerate(episodes):
+            writer.writerow((iteration, position, e.seed, e.task_type, int(e.won), e.total_return, e.length,
+                             e.valid_actions))
 
 
 def rollout_metrics(rollout: Rollout) -> dict[str, float]:

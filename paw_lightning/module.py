@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import copy
 import inspect
+import os
 import time
 from contextlib import nullcontext
 from dataclasses import replace
@@ -53,7 +54,9 @@ from paw_lightning.losses import (
     masked_mean,
 )
 from paw_lightning.errors import NonFiniteTrainingError
-from paw_lightning.metrics import TokenMean, combine_rank_metrics, episode_metrics, rollout_metrics
+from paw_lightning.metrics import (
+    TokenMean, append_episode_rows, combine_rank_metrics, episode_metrics, rollout_metrics,
+)
 from paw_lightning.models import TINY, DType, Quantize, check_model_options, check_model_source, load_model, trunk_and_head
 from paw_lightning.rollout.batch import (
     SCORE,
@@ -608,6 +611,10 @@ class PaWModule(L.LightningModule):
         if total:
             metrics["val/wm_token_acc"] = correct / total
         self.log_dict(metrics, batch_size=len(episodes))
+        log_dir = self.trainer.log_dir if self._trainer is not None else None
+        if log_dir and self.trainer.is_global_zero:  # every held-out episode's outcome, for paired comparisons
+            os.makedirs(log_dir, exist_ok=True)
+            append_episode_rows(os.path.join(log_dir, "val_episodes.csv"), rollout.iteration, episodes)
         if "val/success_rate" in metrics:
             self.log("val_success", metrics["val/success_rate"], prog_bar=True, logger=False, batch_size=len(episodes))
 

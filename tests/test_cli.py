@@ -202,6 +202,13 @@ def test_validation_on_held_out_games_during_fit_and_from_a_checkpoint(tmp_path,
     cli = main(["validate", "--config", str(ROOT / "configs/quickstart.yaml"), *SMALL[1:], small_env(coin_pool_kwargs), *val,
                 f"--ckpt_path={ckpt}", "--data.env_workers=0"])  # in-process envs, to inspect them below
     assert cli.trainer.callback_metrics["val/count"].item() == 3.0
+    # every held-out episode's outcome, tagged with the iterations trained: the same episodes (seed,
+    # position) in fit's validation and in a validation from the checkpoint, so two runs pair up
+    during_fit = list(csv.DictReader(open(tmp_path / "runs/csv/version_0/val_episodes.csv")))
+    from_ckpt = list(csv.DictReader(open(tmp_path / "runs/csv/version_1/val_episodes.csv")))
+    assert [r["iteration"] for r in during_fit + from_ckpt] == ["1"] * 6
+    assert [(r["position"], r["seed"]) for r in during_fit] == [(r["position"], r["seed"]) for r in from_ckpt]
+    assert sum(int(r["won"]) for r in during_fit) / 3 == float(val_rows[0]["val/success_rate"])
     from paw_lightning.envs.textworld import TextWorldGamePool
 
     kw = dict(coin_pool_kwargs)

@@ -5,7 +5,7 @@ import json
 
 import pytest
 
-from paw_lightning.experiments import COLUMNS, load_matrix, read_run, run_command, run_matrix
+from paw_lightning.experiments import COLUMNS, EPISODE_COLUMNS, load_matrix, read_run, run_command, run_matrix
 
 from .conftest import COIN_POOL
 from .test_cli import ROOT, SMALL
@@ -56,9 +56,17 @@ def test_matrix_runs_writes_tidy_csv_and_resumes(tmp_path, monkeypatch):
                                                                                "--trainer.check_val_every_n_epoch=1"]
     spec = {"base": "configs/quickstart.yaml", "seeds": [3], "runs_dir": str(tmp_path / "runs"),
             "output": str(tmp_path / "results.csv"), "args": small + ["--trainer.max_epochs=1"],
-            "arms": {"grpo": ["--config", "configs/algorithms/no_paw.yaml"], "grpo_paw": []}}
+            "arms": {"grpo": ["--config", "configs/algorithms/no_paw.yaml"], "grpo_paw": []},
+            "untrained_validation": True, "episodes_output": str(tmp_path / "episodes.csv")}
     rows = run_matrix(spec)
     assert [(r["arm"], r["seed"], r["iteration"]) for r in rows] == [("grpo", 3, 0), ("grpo_paw", 3, 0)]
+    # every held-out episode, paired across runs: the untrained model at iteration 0, each arm after 1
+    episodes = list(csv.DictReader(open(tmp_path / "episodes.csv")))
+    assert tuple(episodes[0]) == EPISODE_COLUMNS
+    assert [(e["arm"], e["seed"], e["iteration"], e["position"]) for e in episodes] == [
+        ("untrained", "", "0", "0"), ("untrained", "", "0", "1"),
+        ("grpo", "3", "1", "0"), ("grpo", "3", "1", "1"), ("grpo_paw", "3", "1", "0"), ("grpo_paw", "3", "1", "1")]
+    assert len({e["env_seed"] for e in episodes}) == 2  # the same two held-out episodes in every run
     table = list(csv.DictReader(open(tmp_path / "results.csv")))
     assert tuple(table[0]) == COLUMNS and float(table[1]["env_steps"]) > 0 and float(table[1]["wall_s"]) > 0
     assert table[0]["paw_wm_loss"] == "" and table[1]["paw_wm_loss"] != ""  # GRPO has no WM loss

@@ -377,7 +377,8 @@ class RolloutDataModule(L.LightningDataModule):
         seeds = [self.hparams.val_seed + i for i in indices]
         generator = torch.Generator().manual_seed(self.hparams.val_seed + indices[0])
         progress = self.hparams.progress and self.ranks.rank == 0
-        return self.val_collector.collect(policy, tokenizer, seeds, generator, progress=progress)
+        # rollout.iteration: the training iterations played before this validation (0: the untrained model)
+        return self.val_collector.collect(policy, tokenizer, seeds, generator, self.iteration, progress)
 
     def train_dataloader(self) -> DataLoader:
         return DataLoader(RolloutStream(self), batch_size=None, num_workers=0)
