@@ -5,7 +5,7 @@ VENV ?= .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.paw-installed
 
-.PHONY: train train-grpo train-smollm2 train-alfworld experiments experiments-alfworld experiments-smollm2 test install clean
+.PHONY: train train-grpo train-smollm2 train-alfworld experiments experiments-alfworld experiments-smollm2 experiments-sparse test install clean
 
 install: $(STAMP)
 
@@ -45,6 +45,9 @@ experiments-alfworld: $(STAMP)
 
 experiments-smollm2: $(STAMP)
 	$(BIN)/python -m paw_lightning.experiments notebooks/smollm2_matrix.yaml
+
+experiments-sparse: $(STAMP)
+	$(BIN)/python -m paw_lightning.experiments notebooks/sparse_matrix.yaml
 
 test: $(STAMP)
 	$(BIN)/python -m pytest -q

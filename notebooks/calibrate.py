@@ -25,15 +25,45 @@ from paw_lightning.models import load_model
 from paw_lightning.rollout.datamodule import RolloutDataModule
 
 # name -> (env_id, env_kwargs, held-out split kwargs, max_steps)
+TWX = {"split": "train", "reward": "win", "win_reward": 10.0, "jvm_heap_mb": 256}
+SCIENCEWORLD_FIND = {
+    "tasks": ["find-living-thing", "find-non-living-thing", "find-plant", "find-animal"], "split": "train",
+    "simplifications": "easy", "reward": "win", "win_reward": 10.0,
+    "keep_commands": ["teleport to", "focus on", "pick up", "move", "look around"], "max_commands": 48,
+    "jvm_heap_mb": 256,
+}
 CANDIDATES: dict[str, tuple[str, dict, dict, int]] = {
     "tw-coin_collector level 2": (
         "paw/TextWorld-v0", {"challenge": "tw-coin_collector", "settings": {"level": 2}}, {"split": "eval"}, 6),
     "tw-coin_collector level 3": (
         "paw/TextWorld-v0", {"challenge": "tw-coin_collector", "settings": {"level": 3}}, {"split": "eval"}, 6),
+    "tw-coin_collector level 5": (
+        "paw/TextWorld-v0", {"challenge": "tw-coin_collector", "settings": {"level": 5}}, {"split": "eval"}, 8),
+    "tw-coin_collector level 8": (
+        "paw/TextWorld-v0", {"challenge": "tw-coin_collector", "settings": {"level": 8}}, {"split": "eval"}, 10),
     "tw-treasure_hunter level 1": (
         "paw/TextWorld-v0", {"challenge": "tw-treasure_hunter", "settings": {"level": 1}}, {"split": "eval"}, 6),
+    "tw-treasure_hunter level 5": (
+        "paw/TextWorld-v0", {"challenge": "tw-treasure_hunter", "settings": {"level": 5}}, {"split": "eval"}, 8),
+    "tw-treasure_hunter level 10": (
+        "paw/TextWorld-v0", {"challenge": "tw-treasure_hunter", "settings": {"level": 10}}, {"split": "eval"}, 10),
     "tw-cooking recipe 1 take 1": (
         "paw/TextWorld-v0", {"challenge": "tw-cooking", "settings": {"recipe": 1, "take": 1, "go": 1}}, {"split": "eval"}, 8),
+    "twx coin 5 rooms no doors": (
+        "paw/TextWorldExpress-v0", TWX | {"game": "coin", "game_params": "numLocations=5,includeDoors=0"},
+        {"split": "dev"}, 10),
+    "twx coin 5 rooms doors": (
+        "paw/TextWorldExpress-v0", TWX | {"game": "coin", "game_params": "numLocations=5,includeDoors=1"},
+        {"split": "dev"}, 10),
+    "twx cookingworld 1 room 1 ingredient": (
+        "paw/TextWorldExpress-v0",
+        TWX | {"game": "cookingworld",
+               "game_params": "numLocations=1,numIngredients=1,numDistractorItems=0,includeDoors=0,limitInventorySize=0"},
+        {"split": "dev"}, 10),
+    "twx mapreader 4 rooms": (
+        "paw/TextWorldExpress-v0", TWX | {"game": "mapreader", "game_params": "numLocations=4,maxDistanceApart=2"},
+        {"split": "dev"}, 10),
+    "scienceworld find-* easy": ("paw/ScienceWorld-v0", SCIENCEWORLD_FIND, {"split": "dev"}, 8),
     "alfworld small rooms": (
         "paw/ALFWorld-v0",
         {"split": "train", "win_reward": 10.0,
@@ -55,7 +85,8 @@ def measure(model, tokenizer, name: str, split: str, temperature: float, args) -
     kwargs = pool_kwargs(env_id, env_kwargs, args.episodes)
     data = RolloutDataModule(
         env_id=env_id, env_kwargs=kwargs, actor="score", max_steps=max_steps, history_length=args.history_length,
-        prompt_template="alfworld" if "ALFWorld" in env_id else "textworld", max_prompt_tokens=args.max_prompt_tokens,
+        prompt_template="alfworld" if "ALFWorld" in env_id else "textworld",
+        max_prompt_tokens=1536 if "ScienceWorld" in env_id else args.max_prompt_tokens,
         val_episodes=args.episodes, val_env_kwargs=heldout if split == "held-out" else {},
         val_temperature=temperature, env_workers=0, progress=not args.quiet,
     )
@@ -92,6 +123,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--history-length", type=int, default=2)
     parser.add_argument("--max-prompt-tokens", type=int, default=768)
     parser.add_argument("--output", default="notebooks/calibration_smollm2.csv")
+    parser.add_argument("--splits", nargs="+", default=["train", "held-out"], choices=["train", "held-out"],
+                        help="which splits to measure (train at --temperature, held-out at --val-temperature)")
     parser.add_argument("--quiet", action="store_true")
     args = parser.parse_args(argv)
     torch.manual_seed(0)
@@ -102,7 +135,7 @@ def main(argv: list[str] | None = None) -> int:
     rows = list(done)
     for name in args.candidates:
         for split, temperature in (("train", args.temperature), ("held-out", args.val_temperature)):
-            if any(r["candidate"] == name and r["split"] == split for r in done):
+            if split not in args.splits or any(r["candidate"] == name and r["split"] == split for r in done):
                 continue
             rows.append(measure(model, tokenizer, name, split, temperature, args))
             print(markdown(rows[-1:]).splitlines()[-1], flush=True)
