@@ -11,12 +11,14 @@ from __future__ import annotations
 import copy
 import inspect
 import time
+from pathlib import Path
 from contextlib import nullcontext
 from dataclasses import replace
 from typing import Literal
 
 import lightning as L
 import torch
+from lightning.pytorch.loggers import TensorBoardLogger
 from lightning.pytorch.strategies import FSDPStrategy
 from torch import Tensor, nn
 
@@ -52,6 +54,7 @@ from paw_lightning.losses import (
     low_var_kl,
     masked_mean,
 )
+from paw_lightning.episode_log import EPISODES_FILE, append_jsonl, episode_markdown, episode_records
 from paw_lightning.errors import NonFiniteTrainingError
 from paw_lightning.metrics import TokenMean, combine_rank_metrics, episode_metrics, rollout_metrics
 from paw_lightning.models import TINY, DType, Quantize, check_model_options, check_model_source, load_model, trunk_and_head
@@ -84,7 +87,7 @@ JOINED = ("_values", "_targets")  # per-row logs of a micro-batch: concatenated 
 
 
 def engine_logprob_gap(rollout: Rollout) -> float | None:
-    """Mean |engine - trainer| log-prob of the sampled units (generate: response tokens; score: the
+    """Mean ``|engine - trainer|`` log-prob of the sampled units (generate: response tokens; score: the
     chosen candidate), over the units the engine reported; None when it reported none (HF generate).
     Shows the mismatch that dtype or quantisation puts between the rollout engine and the trainer."""
     diffs = []
@@ -110,6 +113,8 @@ def check_module_options(**options) -> None:
     for name in ("clip_eps", "lora_alpha") + (("value_lr",) if o["value_lr"] is not None else ()):
         if not o[name] > 0:
             raise ValueError(f"{name} must be > 0, got {o[name]}")
+    if not o["log_episodes"] >= 0:
+        raise ValueError(f"log_episodes must be >= 0 (0 = off), got {o['log_episodes']}")
     for name in ("head_chunk_size", "score_batch_size", "max_skipped_steps", "wm_horizon"):
         if not o[name] >= 1:
             raise ValueError(f"{name} must be >= 1, got {o[name]}")
@@ -210,6 +215,8 @@ class PaWModule(L.LightningModule):
             clipping knob (``trainer.gradient_clip_val`` is refused; Lightning's clipping hook applies this).
         max_skipped_steps: stop the run (``NonFiniteTrainingError``) after this many optimiser steps in a
             row were skipped for a non-finite loss or gradient.
+        log_episodes: episodes of every rollout and validation written to ``episodes.jsonl`` in the run's
+            log folder, one as TensorBoard text (rank 0; 0 = off; see docs/metrics.md, "Episode logs").
     """
 
     def __init__(
@@ -255,6 +262,7 @@ class PaWModule(L.LightningModule):
         max_tokens_per_micro_batch: int | None = None,
         grad_clip: float = 1.0,
         max_skipped_steps: int = 10,
+        log_episodes: int = 2,
     ) -> None:
         super().__init__()
         self.save_hyperparameters()
@@ -326,6 +334,7 @@ class PaWModule(L.LightningModule):
                     callback.on_rollout_end(self.trainer, self, rollout)
         self.finish_wm_rows(rollout)
         self.record_rollout(rollout)
+        self.write_episode_log(rollout, "train", rollout.iteration)
 
     @torch.no_grad()
     def prepare_rollout(self, rollout: Rollout) -> None:
@@ -485,6 +494,21 @@ class PaWModule(L.LightningModule):
             metrics["rollout/total_episodes"] = float(datamodule.total_episodes)
         self._rollout_metrics = metrics
 
+    def write_episode_log(self, rollout: Rollout, split: str, iteration: int) -> None:
+        """Append ``log_episodes`` sampled episodes of the rollout to ``<log dir>/episodes.jsonl`` and show
+        the first as TensorBoard text (rank 0; see episode_log.py). Reads what the rollout holds: no forward."""
+        count = self.hparams.log_episodes
+        if count <= 0 or self._trainer is None or not rollout.episodes:
+            return
+        folder = self.trainer.log_dir  # a collective under DDP: every rank asks, rank 0 writes
+        if folder is None or not self.trainer.is_global_zero:
+            return
+        records = episode_records(rollout, split, iteration, count, self.tokenizer, wm_coef=self.hparams.wm_coef)
+        append_jsonl(Path(folder) / EPISODES_FILE, records)
+        for logger in self.loggers:
+            if isinstance(logger, TensorBoardLogger) and records:
+                logger.experiment.add_text(f"episodes/{split}", episode_markdown(records[0]), self.global_step)
+
     @property
     def rollout_metrics(self) -> dict[str, float]:
         """The metrics of the latest rollout."""
@@ -608,6 +632,7 @@ class PaWModule(L.LightningModule):
         if total:
             metrics["val/wm_token_acc"] = correct / total
         self.log_dict(metrics, batch_size=len(episodes))
+        self.write_episode_log(rollout, "validation", self.current_epoch)
         if "val/success_rate" in metrics:
             self.log("val_success", metrics["val/success_rate"], prog_bar=True, logger=False, batch_size=len(episodes))
 
