@@ -190,6 +190,8 @@ def main(args=None) -> None:
             with setup_errors():
                 plot(argv[1:])
         else:
+            if argv[:1] in (["-h"], ["--help"]):  # LightningCLI lists only the trainer's subcommands
+                print("paw play --help | paw plot --help: watch a policy play (or play by hand), plot learning curves\n")
             cli_main(args)
     except Exception as err:
         if not is_user_error(err):

@@ -106,13 +106,15 @@ def echoed_input(prompt: str) -> str:
     return line
 
 
-def load_weights(module, ckpt_path: str | None, adapter: str | None) -> None:
-    """Put a checkpoint's weights (and the tiny tokenizer it saved), or a LoRA adapter, into ``module``."""
+def load_weights(module, ckpt_path: str | None, adapter: str | None) -> int:
+    """Put a checkpoint's weights (and the tiny tokenizer it saved), or a LoRA adapter, into ``module``;
+    returns the checkpoint's iteration (0 for an adapter or no weights)."""
     if ckpt_path:
         checkpoint = torch.load(ckpt_path, map_location="cpu", weights_only=False)
         module.on_load_checkpoint(checkpoint)
         module.load_state_dict(checkpoint["state_dict"])
-    elif adapter:
+        return int(checkpoint.get("epoch", 0))
+    if adapter:
         if not hasattr(module.model, "peft_config"):
             raise ValueError(f"--adapter {adapter}: the config's model has no LoRA adapter (model.lora_rank is 0); "
                              "set --model.lora_rank to the adapter's rank, or give --ckpt_path instead")
@@ -127,11 +129,13 @@ def load_weights(module, ckpt_path: str | None, adapter: str | None) -> None:
             from paw_lightning.models import build_tiny_tokenizer
 
             module.tokenizer = build_tiny_tokenizer(tokenizer_json=saved.read_text())
+    return 0
 
 
-def play_policy(cli, split: str, episodes: int, seed: int | None, write: Callable[[str], None] = print) -> list[dict]:
+def play_policy(cli, split: str, episodes: int, seed: int | None, iteration: int = 0,
+                write: Callable[[str], None] = print) -> list[dict]:
     """Play ``episodes`` episodes with the CLI's module through its DataModule's actor and engine; print
-    each one and return their records (episode_log's schema)."""
+    each one and return their records (episode_log's schema, ``iteration``: the weights' iteration)."""
     module, datamodule = cli.model, cli.datamodule
     datamodule.trainer = cli.trainer  # the engine's settings read the (single) process's rank from it
     kwargs, temperature, seeds = split_settings(dict(datamodule.hparams), split, episodes, seed)
@@ -142,7 +146,7 @@ def play_policy(cli, split: str, episodes: int, seed: int | None, write: Callabl
     finally:
         collector.close()
         datamodule.teardown("play")
-    records = episode_records(rollout, split, 0, 0, module.tokenizer, episodes=list(range(len(rollout.episodes))))
+    records = episode_records(rollout, split, iteration, 0, module.tokenizer, episodes=list(range(len(rollout.episodes))))
     for record in records:
         write(episode_text(record))
         write("")
@@ -173,5 +177,5 @@ def main(args: list[str] | None = None) -> list[dict]:
         ckpt_path = str(last_checkpoint(cli.config)) if options.ckpt_path == "last" else options.ckpt_path
         if ckpt_path is None and options.adapter is None:
             print("paw play: no --ckpt_path or --adapter: the policy is the config's untrained model", file=sys.stderr)
-        load_weights(cli.model, ckpt_path, options.adapter)
-    return play_policy(cli, options.split, options.episodes, options.seed)
+        iteration = load_weights(cli.model, ckpt_path, options.adapter)
+    return play_policy(cli, options.split, options.episodes, options.seed, iteration)

@@ -54,9 +54,9 @@ class Panel:
 
 
 def draw_panels(panels: list[Panel], path: str | Path | None = None, ncols: int = 2,
-                figsize: tuple[float, float] | None = None, legend_loc: str = "best"):
+                figsize: tuple[float, float] | None = None, legend_loc: str = "best", dpi: int = 100):
     """A matplotlib figure with one axes per panel (``ncols`` per row; one panel: a single axes); saved as
-    PNG when ``path`` is given. Returns the figure (its axes' titles are the panels' titles)."""
+    PNG at ``dpi`` when ``path`` is given. Returns the figure (its axes' titles are the panels' titles)."""
     import matplotlib
 
     matplotlib.use("Agg")
@@ -65,7 +65,7 @@ def draw_panels(panels: list[Panel], path: str | Path | None = None, ncols: int 
 
     ncols = max(1, min(ncols, len(panels)))
     nrows = max(1, math.ceil(len(panels) / ncols))
-    figure, axes = plt.subplots(nrows, ncols, figsize=figsize or (5.0 * ncols, 3.2 * nrows), dpi=100, squeeze=False)
+    figure, axes = plt.subplots(nrows, ncols, figsize=figsize or (5.0 * ncols, 3.2 * nrows), dpi=dpi, squeeze=False)
     for axis, panel in zip(axes.flat, panels):
         for line in panel.lines:
             axis.plot(line.x, line.y, marker="o" if len(line.x) < 10 else None, markersize=3, label=line.label,
@@ -146,7 +146,7 @@ def run_panels(runs: dict[str, dict[str, tuple[list[int], list[float]]]]) -> lis
     return panels
 
 
-def plot_runs(run_dirs: list[str | Path], path: str | Path | None = None, names: list[str] | None = None):
+def plot_runs(run_dirs: list[str | Path], path: str | Path | None = None, names: list[str] | None = None, dpi: int = 100):
     """Learning curves of one or more runs overlaid, saved as PNG when ``path``; returns the figure."""
     files = find_runs(run_dirs)
     if names is not None and len(names) != len(files):
@@ -156,7 +156,7 @@ def plot_runs(run_dirs: list[str | Path], path: str | Path | None = None, names:
     if not panels:
         raise ValueError(f"none of {', '.join(map(str, files))} has a learning-curve column "
                          f"({', '.join(c for _, _, cols, _ in RUN_PANELS for c, _, _ in cols)}); is it a paw run?")
-    return draw_panels(panels, path)
+    return draw_panels(panels, path, dpi=dpi)
 
 
 def main(args: list[str] | None = None) -> None:
@@ -165,6 +165,7 @@ def main(args: list[str] | None = None) -> None:
     parser.add_argument("run_dirs", nargs="+", help="CSVLogger run folders (runs/csv/version_N) or folders above them")
     parser.add_argument("--out", default="curves.png", help="the PNG to write (default: curves.png)")
     parser.add_argument("--names", nargs="+", help="a name per run for the legends (default: the folders' names)")
+    parser.add_argument("--dpi", type=int, default=100, help="resolution of the PNG (default 100)")
     options = parser.parse_args(args)
-    figure = plot_runs(options.run_dirs, options.out, options.names)
+    figure = plot_runs(options.run_dirs, options.out, options.names, options.dpi)
     print(f"wrote {options.out}: " + ", ".join(axis.get_title() for axis in figure.axes))

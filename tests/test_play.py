@@ -49,7 +49,7 @@ def test_paw_play_shows_a_checkpoint_s_steps_with_probabilities_and_alternatives
     ckpt = tiny_run / "runs/csv/version_0/checkpoints/last.ckpt"
     paw(["play", *QUICKSTART, "--ckpt_path", str(ckpt), "--episodes", "2"])
     out = capsys.readouterr().out
-    assert out.count("[eval iteration 0] episode") == 2 and "episodes won (eval split, actor score, engine hf" in out
+    assert out.count("[eval iteration 1] episode") == 2  # the checkpoint of the second iteration and "episodes won (eval split, actor score, engine hf" in out
     assert "task: " in out and "  | -= " in out  # the task and the room's observation
     assert "%)" in out and "    others: " in out  # the chosen command's probability and the alternatives
 
