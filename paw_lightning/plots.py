@@ -57,7 +57,11 @@ def draw_panels(panels: list[Panel], path: str | Path | None = None, ncols: int 
                 figsize: tuple[float, float] | None = None, legend_loc: str = "best", dpi: int = 100):
     """A matplotlib figure with one axes per panel (``ncols`` per row; one panel: a single axes); saved as
     PNG at ``dpi`` when ``path`` is given. Returns the figure (its axes' titles are the panels' titles)."""
-    import matplotlib
+    try:
+        import matplotlib
+    except ImportError:
+        raise ImportError("paw plot draws with matplotlib, which is not installed: pip install matplotlib "
+                          "(requirements.txt and the dev extra have it)") from None
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
