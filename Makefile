@@ -5,7 +5,7 @@ VENV ?= .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.paw-installed
 
-.PHONY: train train-grpo train-smollm2 train-alfworld experiments experiments-alfworld experiments-smollm2 experiments-sparse test install clean
+.PHONY: train train-grpo train-smollm2 train-alfworld experiments experiments-alfworld experiments-smollm2 experiments-sparse test docs install clean
 
 install: $(STAMP)
 
@@ -52,5 +52,10 @@ experiments-sparse: $(STAMP)
 test: $(STAMP)
 	$(BIN)/python -m pytest -q
 
+# The docs site (Sphinx + MyST + furo), offline and strict: a warning or a broken reference fails the build.
+docs: $(STAMP)
+	$(BIN)/python -m sphinx -W -n --keep-going -b html docs docs/_build/html
+	@echo "open docs/_build/html/index.html"
+
 clean:
-	rm -rf runs .pytest_cache
+	rm -rf runs .pytest_cache docs/_build

@@ -105,28 +105,13 @@ def markdown_table(table: list[dict]) -> str:
 
 
 def plot_curves(rows: list[dict], column: str, path: str | Path | None = None, title: str | None = None):
-    """Mean +- std over seeds of ``column`` against iterations, one line per arm; saved when ``path``."""
-    import matplotlib
+    """Mean +- std over seeds of ``column`` against iterations, one line per arm; saved when ``path``
+    (drawn by ``paw_lightning.plots.draw_panels``, the function behind ``paw plot``)."""
+    from paw_lightning.plots import Line, Panel, draw_panels
 
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    figure, axis = plt.subplots(figsize=(6, 3.6), dpi=100)
+    panel = Panel(title or column.replace("_", " "), column.replace("_", " "), ylim=(-0.02, 1.02))
     for index, arm in enumerate(arms_in_order(rows)):  # an arm keeps its colour in every plot
         iterations, means, stds, seeds = curve(rows, arm, column)
-        if not iterations:
-            continue
-        axis.plot(iterations, means, marker="o" if len(iterations) < 10 else None, markersize=3,
-                  label=f"{arm} ({seeds} seeds)", color=f"C{index}")
-        axis.fill_between(iterations, [m - s for m, s in zip(means, stds)], [m + s for m, s in zip(means, stds)],
-                          alpha=0.15, color=f"C{index}")
-    axis.set_xlabel("iteration")
-    axis.set_ylabel(column.replace("_", " "))
-    axis.set_ylim(-0.02, 1.02)
-    axis.set_title(title or column.replace("_", " "))
-    axis.grid(alpha=0.3)
-    axis.legend(fontsize=7, loc="lower right")
-    figure.tight_layout()
-    if path is not None:
-        figure.savefig(path)
-    return figure
+        if iterations:
+            panel.lines.append(Line(f"{arm} ({seeds} seeds)", iterations, means, stds, color=f"C{index}"))
+    return draw_panels([panel], path, figsize=(6, 3.6), legend_loc="lower right")

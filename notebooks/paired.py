@@ -21,24 +21,24 @@ def load_episodes(path: str | Path) -> list[dict]:
     rows = []
     for raw in csv.DictReader(open(path)):
         rows.append({"arm": raw["arm"], "seed": int(raw["seed"]) if raw["seed"] else None,
-                     "iteration": int(raw["iteration"]), "position": int(raw["position"]),
+                     "trained_iterations": int(raw["trained_iterations"]), "position": int(raw["position"]),
                      "env_seed": int(raw["env_seed"]), "task_type": raw["task_type"], "won": int(raw["won"])})
     return rows
 
 
-def outcomes(rows: list[dict], arm: str, seed: int | None, iteration: int) -> dict[tuple[int, int], int]:
-    """(position, env seed) -> won, for one run's validation at ``iteration``."""
+def outcomes(rows: list[dict], arm: str, seed: int | None, trained_iterations: int) -> dict[tuple[int, int], int]:
+    """(position, env seed) -> won, for one run's validation after ``trained_iterations`` iterations."""
     return {(r["position"], r["env_seed"]): r["won"] for r in rows
-            if r["arm"] == arm and r["seed"] == seed and r["iteration"] == iteration}
+            if r["arm"] == arm and r["seed"] == seed and r["trained_iterations"] == trained_iterations}
 
 
-def paired_differences(rows: list[dict], arm: str, baseline: str, iteration: int,
+def paired_differences(rows: list[dict], arm: str, baseline: str, trained_iterations: int,
                        seeds: list[int]) -> dict[int, list[int]]:
-    """Seed -> the per-episode differences won(arm) - won(baseline) at ``iteration``, over the episodes
-    both arms played (a seed where either arm has not validated there yet is left out)."""
+    """Seed -> the per-episode differences won(arm) - won(baseline) after ``trained_iterations``, over the episodes
+    both arms played (a seed where either arm has not validated after them yet is left out)."""
     out = {}
     for seed in seeds:
-        a, b = outcomes(rows, arm, seed, iteration), outcomes(rows, baseline, seed, iteration)
+        a, b = outcomes(rows, arm, seed, trained_iterations), outcomes(rows, baseline, seed, trained_iterations)
         shared = sorted(a.keys() & b.keys())
         if shared:
             out[seed] = [a[k] - b[k] for k in shared]
@@ -61,13 +61,13 @@ def decide(differences: dict[int, list[int]], seeds_needed: int = 3) -> dict:
     return {"per_seed": per_seed, "pairs": len(pairs), "mean": mean, "se": se, "upper": mean + 2 * se, "helps": helps}
 
 
-def success_table(rows: list[dict], arms: list[str], seeds: list[int], iteration: int) -> str:
-    """Markdown: held-out success per arm and seed at ``iteration`` (episodes in brackets)."""
+def success_table(rows: list[dict], arms: list[str], seeds: list[int], trained_iterations: int) -> str:
+    """Markdown: held-out success per arm and seed after ``trained_iterations`` iterations (episodes in brackets)."""
     lines = ["| arm | " + " | ".join(f"seed {s}" for s in seeds) + " | mean |", "|---" * (len(seeds) + 2) + "|"]
     for arm in arms:
         cells, rates = [], []
         for seed in seeds:
-            won = outcomes(rows, arm, seed, iteration)
+            won = outcomes(rows, arm, seed, trained_iterations)
             if won:
                 rates.append(sum(won.values()) / len(won))
                 cells.append(f"{rates[-1]:.3f} ({len(won)})")

@@ -3,6 +3,8 @@
     paw fit --config configs/quickstart.yaml
     paw fit --config configs/quickstart.yaml --ckpt_path last      # resume the run folder's latest checkpoint
     paw fit --print_config                                         # every option with its default
+    paw play --config configs/quickstart.yaml --ckpt_path last     # watch the trained policy (play.py)
+    paw plot runs/csv/version_0 --out curves.png                   # learning curves as PNG (plots.py)
 
 Every value check that needs no weights (ranges, env id, env arguments, the ALFWorld data folder, that the
 offline model is installed, ``--ckpt_path last``) runs before any class is built: LightningCLI builds the
@@ -143,6 +145,27 @@ def cli_main(args=None) -> PaWCLI:
     )
 
 
+class ConfigOnlyCLI(PaWCLI):
+    """PaWCLI that parses and checks the config but builds only the DataModule (``paw play --human``)."""
+
+    def instantiate_classes(self) -> None:
+        with setup_errors():
+            self.datamodule = RolloutDataModule(**self.config.data.as_dict())
+        self.model = self.trainer = None
+
+
+def build_cli(args: list[str], instantiate_model: bool = True) -> PaWCLI:
+    """The config of ``args`` (``--config``, ``--model.*``, ``--data.*``...) parsed, checked and built without
+    running a subcommand (``paw play``): model, DataModule and trainer, or only the DataModule."""
+    os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+    # `paw play` hands LightningCLI the arguments it does not take itself, so sys.argv differs from args on purpose
+    warnings.filterwarnings("ignore", message=".*args parameter is intended to run from within Python.*")
+    warnings.filterwarnings("ignore", message=".*isinstance\\(treespec, LeafSpec\\).*")
+    cls = PaWCLI if instantiate_model else ConfigOnlyCLI
+    return cls(PaWModule, RolloutDataModule, seed_everything_default=0, trainer_defaults=TRAINER_DEFAULTS, run=False,
+               args=args)
+
+
 def error_line(err: BaseException) -> str:
     """The error's message on one line. jsonargparse reports a class that failed to build (a callback with a
     bad ratio) as a list of "Errors:" for every type it tried; the first one is the class's own."""
@@ -153,9 +176,23 @@ def error_line(err: BaseException) -> str:
 
 
 def main(args=None) -> None:
-    """The ``paw`` console script: user errors print as one line, anything else with its traceback."""
+    """The ``paw`` console script: ``paw fit|validate`` (LightningCLI), ``paw play`` (paw_lightning/play.py)
+    and ``paw plot`` (paw_lightning/plots.py); user errors print as one line, anything else with its traceback."""
+    argv = sys.argv[1:] if args is None else list(args)
     try:
-        cli_main(args)
+        if argv[:1] == ["play"]:
+            from paw_lightning.play import main as play
+
+            play(argv[1:])
+        elif argv[:1] == ["plot"]:
+            from paw_lightning.plots import main as plot
+
+            with setup_errors():
+                plot(argv[1:])
+        else:
+            if argv[:1] in (["-h"], ["--help"]):  # LightningCLI lists only the trainer's subcommands
+                print("paw play --help | paw plot --help: watch a policy play (or play by hand), plot learning curves\n")
+            cli_main(args)
     except Exception as err:
         if not is_user_error(err):
             raise

@@ -53,7 +53,7 @@ class Ranks:
     Args:
         rank: this process's global rank.
         world_size: the number of processes.
-        all_gather: tensor -> (world_size, *tensor.shape), identical shapes on every rank.
+        all_gather: tensor -> ``(world_size, *tensor.shape)``, identical shapes on every rank.
         all_gather_object: picklable object -> list of every rank's object, in rank order.
     """
 

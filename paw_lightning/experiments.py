@@ -45,7 +45,7 @@ from typing import Any
 
 import yaml
 
-EPISODE_COLUMNS = ("arm", "seed", "iteration", "position", "env_seed", "task_type", "won", "return", "length")
+EPISODE_COLUMNS = ("arm", "seed", "trained_iterations", "position", "env_seed", "task_type", "won", "return", "length")
 UNTRAINED = "untrained"  # the run folder and arm name of the untrained-model validation
 COLUMNS = (
     "arm", "config", "seed", "iteration", "env_steps", "episodes", "wall_s", "train_success", "eval_success",
@@ -114,14 +114,14 @@ def run_folder(matrix: dict[str, Any], arm: str, seed: int | None) -> Path:
 
 def read_val_episodes(folder: Path) -> list[dict[str, str]]:
     """Every held-out episode a run played (its ``val_episodes.csv`` across resumed versions; for an
-    iteration validated in two versions the later one wins)."""
+    validation after the same number of iterations in two versions the later one wins)."""
     by_iteration: dict[str, list[dict[str, str]]] = {}
     versions = sorted((folder / "runs" / "csv").glob("version_*"), key=lambda p: int(p.name.split("_")[1]))
     for version in versions:
         rows: dict[str, list[dict[str, str]]] = {}
         path = version / "val_episodes.csv"
         for row in csv.DictReader(open(path)) if path.exists() else []:
-            rows.setdefault(row["iteration"], []).append(row)
+            rows.setdefault(row["trained_iterations"], []).append(row)
         by_iteration |= rows
     return [row for iteration in sorted(by_iteration, key=int) for row in by_iteration[iteration]]
 
@@ -130,7 +130,7 @@ def episode_rows(matrix: dict[str, Any]) -> list[dict[str, Any]]:
     """The held-out episodes of the whole matrix, one row each (the untrained validation first)."""
     runs = [(UNTRAINED, None)] if matrix.get("untrained_validation") else []
     runs += [(arm, int(seed)) for seed in matrix["seeds"] for arm in matrix["arms"]]
-    return [{"arm": arm, "seed": "" if seed is None else seed, "iteration": int(row["iteration"]),
+    return [{"arm": arm, "seed": "" if seed is None else seed, "trained_iterations": int(row["trained_iterations"]),
              "position": int(row["position"]), "env_seed": int(row["seed"]), "task_type": row["task_type"],
              "won": int(row["won"]), "return": float(row["return"]), "length": int(row["length"])}
             for arm, seed in runs for row in read_val_episodes(run_folder(matrix, arm, seed))]

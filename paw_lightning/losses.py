@@ -65,8 +65,8 @@ def low_var_kl(logp: Tensor, ref_logp: Tensor, mask: Tensor, bound: float = 10.0
 def cmae_loss(token_logp: Tensor, obs_mask: Tensor, rho: float = 0.2) -> tuple[Tensor, Tensor]:
     """Clipped mean absolute error on observation tokens (the PaW world-model loss), per sequence.
 
-    loss_r = sum_i 1[p_i <= rho] * (1 - p_i) / |o|, where p_i = exp(token_logp) is the probability of the
-    i-th target token and |o| the full observation length (clipped tokens still count in it).
+    loss_r = sum_i 1[p_i <= rho] * (1 - p_i) / ``|o|``, where p_i = exp(token_logp) is the probability of the
+    i-th target token and ``|o|`` the full observation length (clipped tokens still count in it).
 
     Args:
         token_logp: (R, T) log-prob of each target token.

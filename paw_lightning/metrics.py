@@ -36,11 +36,12 @@ def episode_metrics(rollout: Rollout | Sequence[Episode]) -> dict[str, float]:
     return metrics
 
 
-EPISODE_COLUMNS = ("iteration", "position", "seed", "task_type", "won", "return", "length", "valid_actions")
+EPISODE_COLUMNS = ("trained_iterations", "position", "seed", "task_type", "won", "return", "length", "valid_actions")
 
 
-def append_episode_rows(path: str | os.PathLike, iteration: int, episodes: Sequence[Episode]) -> None:
-    """Append one CSV row per episode (its position in the list, env seed, task type, outcome) to ``path``:
+def append_episode_rows(path: str | os.PathLike, trained_iterations: int, episodes: Sequence[Episode]) -> None:
+    """Append one CSV row per episode (the training iterations before it, its position in the list, env seed,
+    task type, outcome) to ``path``:
     held-out episodes played with the fixed validation generator are the same in every run, so two runs'
     files pair episode by episode (``position`` and ``seed``), the paired comparison of two arms."""
     new = not os.path.exists(path)
@@ -49,7 +50,7 @@ def append_episode_rows(path: str | os.PathLike, iteration: int, episodes: Seque
         if new:
             writer.writerow(EPISODE_COLUMNS)
         for position, e in enumerate(episodes):
-            writer.writerow((iteration, position, e.seed, e.task_type, int(e.won), e.total_return, e.length,
+            writer.writerow((trained_iterations, position, e.seed, e.task_type, int(e.won), e.total_return, e.length,
                              e.valid_actions))
 
 

@@ -12,12 +12,14 @@ import copy
 import inspect
 import os
 import time
+from pathlib import Path
 from contextlib import nullcontext
 from dataclasses import replace
 from typing import Literal
 
 import lightning as L
 import torch
+from lightning.pytorch.loggers import TensorBoardLogger
 from lightning.pytorch.strategies import FSDPStrategy
 from torch import Tensor, nn
 
@@ -53,6 +55,7 @@ from paw_lightning.losses import (
     low_var_kl,
     masked_mean,
 )
+from paw_lightning.episode_log import EPISODES_FILE, append_jsonl, episode_markdown, episode_records
 from paw_lightning.errors import NonFiniteTrainingError
 from paw_lightning.metrics import (
     TokenMean, append_episode_rows, combine_rank_metrics, episode_metrics, rollout_metrics,
@@ -87,7 +90,7 @@ JOINED = ("_values", "_targets")  # per-row logs of a micro-batch: concatenated 
 
 
 def engine_logprob_gap(rollout: Rollout) -> float | None:
-    """Mean |engine - trainer| log-prob of the sampled units (generate: response tokens; score: the
+    """Mean ``|engine - trainer|`` log-prob of the sampled units (generate: response tokens; score: the
     chosen candidate), over the units the engine reported; None when it reported none (HF generate).
     Shows the mismatch that dtype or quantisation puts between the rollout engine and the trainer."""
     diffs = []
@@ -113,6 +116,8 @@ def check_module_options(**options) -> None:
     for name in ("clip_eps", "lora_alpha") + (("value_lr",) if o["value_lr"] is not None else ()):
         if not o[name] > 0:
             raise ValueError(f"{name} must be > 0, got {o[name]}")
+    if not o["log_episodes"] >= 0:
+        raise ValueError(f"log_episodes must be >= 0 (0 = off), got {o['log_episodes']}")
     for name in ("head_chunk_size", "score_batch_size", "max_skipped_steps", "wm_horizon"):
         if not o[name] >= 1:
             raise ValueError(f"{name} must be >= 1, got {o[name]}")
@@ -213,6 +218,8 @@ class PaWModule(L.LightningModule):
             clipping knob (``trainer.gradient_clip_val`` is refused; Lightning's clipping hook applies this).
         max_skipped_steps: stop the run (``NonFiniteTrainingError``) after this many optimiser steps in a
             row were skipped for a non-finite loss or gradient.
+        log_episodes: episodes of every rollout and validation written to ``episodes.jsonl`` in the run's
+            log folder, one as TensorBoard text (rank 0; 0 = off; see docs/metrics.md, "Episode logs").
     """
 
     def __init__(
@@ -258,6 +265,7 @@ class PaWModule(L.LightningModule):
         max_tokens_per_micro_batch: int | None = None,
         grad_clip: float = 1.0,
         max_skipped_steps: int = 10,
+        log_episodes: int = 2,
     ) -> None:
         super().__init__()
         self.save_hyperparameters()
@@ -329,6 +337,7 @@ class PaWModule(L.LightningModule):
                     callback.on_rollout_end(self.trainer, self, rollout)
         self.finish_wm_rows(rollout)
         self.record_rollout(rollout)
+        self.write_episode_log(rollout, "train", rollout.iteration)
 
     @torch.no_grad()
     def prepare_rollout(self, rollout: Rollout) -> None:
@@ -488,6 +497,21 @@ class PaWModule(L.LightningModule):
             metrics["rollout/total_episodes"] = float(datamodule.total_episodes)
         self._rollout_metrics = metrics
 
+    def write_episode_log(self, rollout: Rollout, split: str, iteration: int) -> None:
+        """Append ``log_episodes`` sampled episodes of the rollout to ``<log dir>/episodes.jsonl`` and show
+        the first as TensorBoard text (rank 0; see episode_log.py). Reads what the rollout holds: no forward."""
+        count = self.hparams.log_episodes
+        if count <= 0 or self._trainer is None or not rollout.episodes:
+            return
+        folder = self.trainer.log_dir  # a collective under DDP: every rank asks, rank 0 writes
+        if folder is None or not self.trainer.is_global_zero:
+            return
+        records = episode_records(rollout, split, iteration, count, self.tokenizer, wm_coef=self.hparams.wm_coef)
+        append_jsonl(Path(folder) / EPISODES_FILE, records)
+        for logger in self.loggers:
+            if isinstance(logger, TensorBoardLogger) and records:
+                logger.experiment.add_text(f"episodes/{split}", episode_markdown(records[0]), self.global_step)
+
     @property
     def rollout_metrics(self) -> dict[str, float]:
         """The metrics of the latest rollout."""
@@ -505,6 +529,8 @@ class PaWModule(L.LightningModule):
         backward, which syncs the accumulated gradient once. The returned tensor's value is the whole
         mini-batch's loss. Each term divides by mini-batch-wide counts (``BatchTotals``), so the
         micro-batches' losses and logs add up to the unsplit step's."""
+        if self._trainer is not None and batch_idx % self._accumulation() == 0:
+            self.zero_grad()  # a new accumulation window: the module zeroes, not Lightning (optimizer_zero_grad)
         totals = BatchTotals.of(batch)
         micros = micro_batches(batch, self.hparams.max_tokens_per_micro_batch)
         parts: dict[str, Tensor] = {}
@@ -527,6 +553,12 @@ class PaWModule(L.LightningModule):
             loss = loss + earlier  # the mini-batch's value; only the last micro-batch's graph is left
         self._log_step(parts, totals, loss)
         return loss
+
+    def optimizer_zero_grad(self, epoch: int, batch_idx: int, optimizer) -> None:
+        """Zero nothing here. Lightning calls this hook after ``training_step`` and before its backward, which
+        would drop the gradients of the micro-batches ``training_step`` back-propagates itself; the module
+        zeroes at the start of ``training_step`` instead, on the batches where Lightning would have. So the
+        gradients the optimiser used stay readable until the next step starts (e.g. in ``on_train_batch_end``)."""
 
     def _accumulation(self) -> int:
         """Lightning's gradient accumulation factor (it divides the returned loss by it)."""
@@ -615,6 +647,7 @@ class PaWModule(L.LightningModule):
         if log_dir and self.trainer.is_global_zero:  # every held-out episode's outcome, for paired comparisons
             os.makedirs(log_dir, exist_ok=True)
             append_episode_rows(os.path.join(log_dir, "val_episodes.csv"), rollout.iteration, episodes)
+        self.write_episode_log(rollout, "validation", self.current_epoch)
         if "val/success_rate" in metrics:
             self.log("val_success", metrics["val/success_rate"], prog_bar=True, logger=False, batch_size=len(episodes))
 

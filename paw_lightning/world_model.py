@@ -176,7 +176,7 @@ def wm_term(
         normaliser: what the weighted sum is divided by (selected rows of the mini-batch, or the
             update's selected share x the mini-batch's rows: ``wm_normalize``).
         obs_mask: (R, T) the scored observation tokens; clipped, correct: (R, T) bool.
-        weight_total, token_total: the whole mini-batch's sum of w_i and of w_i x |o_i| when these rows
+        weight_total, token_total: the whole mini-batch's sum of w_i and of w_i x ``|o_i|`` when these rows
             are one micro-batch of it (default: these rows' own).
     """
     w = weight.to(per_row.dtype)

@@ -44,3 +44,23 @@ def alfworld_data(tmp_path_factory):
     report = generate_games(folder, games_per_type=1, seed=0, eval_games_per_type=1, progress=False)
     assert report.total() == 18, report.written
     return folder
+
+
+@pytest.fixture(scope="session")
+def tiny_run(tmp_path_factory):
+    """One tiny ``paw fit`` of the quickstart (2 iterations, 3 held-out episodes validated after each), shared
+    by the tests that read a run's metrics, episode log and checkpoint. Returns the folder it ran in."""
+    import json
+    from pathlib import Path
+
+    from paw_lightning.cli import cli_main
+
+    folder = tmp_path_factory.mktemp("tiny-run")
+    root = Path(__file__).resolve().parents[1]
+    with pytest.MonkeyPatch.context() as patch:
+        patch.chdir(folder)
+        cli_main(["fit", "--config", str(root / "configs/quickstart.yaml"), "--trainer.max_epochs=2",
+                  "--trainer.enable_progress_bar=false", "--data.num_groups=2", "--data.group_size=2", "--data.max_steps=3",
+                  "--data.mini_batch_size=8", "--data.progress=false", "--data.env_kwargs=" + json.dumps(dict(COIN_POOL, progress=False)),
+                  "--data.val_episodes=3", "--trainer.check_val_every_n_epoch=1", '--data.val_env_kwargs={"split": "eval"}'])
+    return folder

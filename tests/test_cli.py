@@ -189,26 +189,26 @@ def test_adapter_export_without_lora_fails_before_training(tmp_path, monkeypatch
 
 
 @pytest.mark.slow
-def test_validation_on_held_out_games_during_fit_and_from_a_checkpoint(tmp_path, monkeypatch, coin_pool_kwargs):
+def test_validation_on_held_out_games_during_fit_and_from_a_checkpoint(tiny_run, tmp_path, monkeypatch, coin_pool_kwargs):
     monkeypatch.chdir(tmp_path)
     val = ["--data.val_episodes=3", "--trainer.check_val_every_n_epoch=1", '--data.val_env_kwargs={"split": "eval"}']
-    main(["fit", "--config", str(ROOT / "configs/quickstart.yaml"), *SMALL, small_env(coin_pool_kwargs), "--trainer.max_epochs=1", *val])
-    rows = list(csv.DictReader(open(tmp_path / "runs/csv/version_0/metrics.csv")))
+    rows = list(csv.DictReader(open(tiny_run / "runs/csv/version_0/metrics.csv")))  # 2 iterations, validated after each
     val_rows = [r for r in rows if r.get("val/success_rate")]
-    assert len(val_rows) == 1 and float(val_rows[0]["val/count"]) == 3.0
+    assert len(val_rows) == 2 and float(val_rows[0]["val/count"]) == 3.0
     assert "val/success_rate/coin_collector" in val_rows[0]
     assert 0.0 <= float(val_rows[0]["val/wm_token_acc"]) <= 1.0
-    ckpt = tmp_path / "runs/csv/version_0/checkpoints/last.ckpt"
+    ckpt = tiny_run / "runs/csv/version_0/checkpoints/last.ckpt"
     cli = main(["validate", "--config", str(ROOT / "configs/quickstart.yaml"), *SMALL[1:], small_env(coin_pool_kwargs), *val,
                 f"--ckpt_path={ckpt}", "--data.env_workers=0"])  # in-process envs, to inspect them below
     assert cli.trainer.callback_metrics["val/count"].item() == 3.0
     # every held-out episode's outcome, tagged with the iterations trained: the same episodes (seed,
     # position) in fit's validation and in a validation from the checkpoint, so two runs pair up
-    during_fit = list(csv.DictReader(open(tmp_path / "runs/csv/version_0/val_episodes.csv")))
-    from_ckpt = list(csv.DictReader(open(tmp_path / "runs/csv/version_1/val_episodes.csv")))
-    assert [r["iteration"] for r in during_fit + from_ckpt] == ["1"] * 6
-    assert [(r["position"], r["seed"]) for r in during_fit] == [(r["position"], r["seed"]) for r in from_ckpt]
-    assert sum(int(r["won"]) for r in during_fit) / 3 == float(val_rows[0]["val/success_rate"])
+    during_fit = list(csv.DictReader(open(tiny_run / "runs/csv/version_0/val_episodes.csv")))
+    from_ckpt = list(csv.DictReader(open(tmp_path / "runs/csv/version_0/val_episodes.csv")))
+    assert [r["trained_iterations"] for r in during_fit + from_ckpt] == ["1"] * 3 + ["2"] * 6
+    assert [(r["position"], r["seed"]) for r in during_fit[3:]] == [(r["position"], r["seed"]) for r in from_ckpt]
+    assert [r["won"] for r in during_fit[3:]] == [r["won"] for r in from_ckpt]  # the same model, the same numbers
+    assert sum(int(r["won"]) for r in during_fit[:3]) / 3 == float(val_rows[0]["val/success_rate"])
     from paw_lightning.envs.textworld import TextWorldGamePool
 
     kw = dict(coin_pool_kwargs)
@@ -216,6 +216,32 @@ def test_validation_on_held_out_games_during_fit_and_from_a_checkpoint(tmp_path,
     cli.datamodule.setup("validate")  # validate() tore its envs down; build them again to inspect
     played = {env.unwrapped.games[i] for env in cli.datamodule.val_collector.envs.envs for i in range(len(env.unwrapped.games))}
     assert played == set(pool.files("eval", progress=False))  # held-out games only
+    validated = [json.loads(line) for line in open(tmp_path / "runs/csv/version_0/episodes.jsonl")]
+    assert [e["split"] for e in validated] == ["validation", "validation"]  # paw validate logs its episodes too
+
+
+@pytest.mark.slow
+def test_a_fit_logs_sampled_episodes_of_every_rollout_and_validation(tiny_run):
+    """episodes.jsonl of the shared tiny fit: 2 episodes per iteration and per validation, every step with
+    what the rollout computed (score actor: probabilities; PaW: selection and lambda), one as TensorBoard text."""
+    episodes = [json.loads(line) for line in open(tiny_run / "runs/csv/version_0/episodes.jsonl")]
+    assert [(e["split"], e["iteration"]) for e in episodes] == [
+        ("train", 0), ("train", 0), ("validation", 0), ("validation", 0), ("train", 1), ("train", 1), ("validation", 1), ("validation", 1)]
+    train = [e for e in episodes if e["split"] == "train"]
+    for e in episodes:
+        assert e["task"] and e["actor"] == "score" and len(e["steps"]) == e["length"] >= 1
+        assert [s["step"] for s in e["steps"]] == list(range(e["length"]))
+        assert sum(s["reward"] for s in e["steps"]) == pytest.approx(e["return"])
+        for s in e["steps"]:
+            assert s["observation"] and s["action"] and 0.0 < s["prob"] <= 1.0 and s["valid"] is True
+            assert all(a["action"] != s["action"] for a in s["alternatives"])
+            assert ("wm_selected" in s) == (e["split"] == "train")  # validation episodes are not trained on
+    steps = [s for e in train for s in e["steps"]]
+    assert all(s["lambda"] >= 0 and isinstance(s["wm_selected"], bool) for s in steps)
+    assert {e["seed"] for e in episodes if e["split"] == "validation"} <= {1_000_000, 1_000_001, 1_000_002}  # held-out tasks
+    (events,) = (tiny_run / "runs/tensorboard/version_0").glob("events.out.tfevents.*")
+    assert b"episodes/train" in events.read_bytes() and b"episodes/validation" in events.read_bytes()
+
 
 
 @pytest.mark.slow

@@ -63,7 +63,7 @@ def test_matrix_runs_writes_tidy_csv_and_resumes(tmp_path, monkeypatch):
     # every held-out episode, paired across runs: the untrained model at iteration 0, each arm after 1
     episodes = list(csv.DictReader(open(tmp_path / "episodes.csv")))
     assert tuple(episodes[0]) == EPISODE_COLUMNS
-    assert [(e["arm"], e["seed"], e["iteration"], e["position"]) for e in episodes] == [
+    assert [(e["arm"], e["seed"], e["trained_iterations"], e["position"]) for e in episodes] == [
         ("untrained", "", "0", "0"), ("untrained", "", "0", "1"),
         ("grpo", "3", "1", "0"), ("grpo", "3", "1", "1"), ("grpo_paw", "3", "1", "0"), ("grpo_paw", "3", "1", "1")]
     assert len({e["env_seed"] for e in episodes}) == 2  # the same two held-out episodes in every run

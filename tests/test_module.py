@@ -338,9 +338,9 @@ def test_gradients_are_clipped_to_grad_clip_and_the_pre_clip_norm_is_logged(tmp_
     seen = []
 
     class ClippedNorm(L.Callback):
-        def on_before_zero_grad(self, trainer, module, optimizer):
+        def on_train_batch_end(self, trainer, module, outputs, batch, batch_idx):
             grads = [p.grad for p in module.parameters() if p.grad is not None]
-            if grads:  # the gradients of the previous step, as the optimiser used them
+            if grads:  # the step's gradients as the optimiser used them (zeroed when the next step starts)
                 seen.append(torch.linalg.vector_norm(torch.stack([torch.linalg.vector_norm(g) for g in grads])).item())
 
     module = PaWModule(lr=1e-3, grad_clip=1e-3)
@@ -604,6 +604,47 @@ def test_one_mini_batch_gives_the_same_step_whole_row_by_row_and_under_a_token_b
         for a, b in zip(whole_grads, grads):
             assert torch.allclose(a, b, atol=1e-6, rtol=1e-4)
     module.hparams.max_tokens_per_micro_batch = None
+
+
+def test_through_lightnings_loop_every_micro_batch_reaches_the_optimiser_step(tmp_path):
+    """Lightning zeroes gradients between ``training_step`` and its backward: the micro-batches that
+    ``training_step`` back-propagates itself must survive that, so a budget gives the unsplit gradient
+    at the optimiser step (and again on the next step, from zero: nothing leaks across steps)."""
+    from torch.utils.data import DataLoader
+
+    from paw_lightning.rollout.batch import micro_batches, training_batch
+
+    torch.manual_seed(0)
+    module = quiet(PaWModule(lr=1e-3, kl_coef=0.0, entropy_coef=0.01))
+    rollout = rollout_for(module, ScoreActor(), num_groups=2, group_size=2, max_steps=3)
+    n = len(rollout)
+    rollout.advantages = torch.randn(n)
+    rollout.wm_selected = torch.arange(n) % 3 != 0
+    rollout.wm_weight = torch.rand(n) + 0.1
+    batch = training_batch(rollout, list(range(n)), module.tokenizer.pad_token_id)
+    assert len(micro_batches(batch, 1)) == n
+
+    class KeepGradients(L.Callback):
+        def __init__(self):
+            self.grads = []
+
+        def on_before_optimizer_step(self, trainer, pl_module, optimizer):
+            self.grads.append([p.grad.clone() for p in pl_module.parameters() if p.requires_grad])
+
+    start = copy.deepcopy(module.state_dict())
+    kept = {}
+    for budget in (None, 1):
+        module.load_state_dict(start)
+        module.hparams.max_tokens_per_micro_batch = budget
+        kept[budget] = KeepGradients()
+        trainer = L.Trainer(max_steps=2, accelerator="cpu", logger=False, enable_checkpointing=False, enable_progress_bar=False,
+                            enable_model_summary=False, callbacks=[kept[budget]], default_root_dir=tmp_path)
+        trainer.fit(module, train_dataloaders=DataLoader([batch, batch], batch_size=None))
+    module.hparams.max_tokens_per_micro_batch = None
+    for step in range(2):
+        for a, b in zip(kept[None].grads[step], kept[1].grads[step]):
+            assert torch.allclose(a, b, atol=1e-6, rtol=1e-4)
+    assert any(not torch.equal(a, b) for a, b in zip(kept[None].grads[0], kept[None].grads[1]))  # the weights moved
 
 
 def test_micro_batches_group_rows_by_length_within_the_budget():

@@ -9,14 +9,14 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "notebooks"))
 import paired  # noqa: E402
 
 
-def rows_of(arm, seed, wins, iteration=15):
-    return [{"arm": arm, "seed": seed, "iteration": iteration, "position": i, "env_seed": 100 + i, "task_type": "t",
+def rows_of(arm, seed, wins, trained=15):
+    return [{"arm": arm, "seed": seed, "trained_iterations": trained, "position": i, "env_seed": 100 + i, "task_type": "t",
              "won": w} for i, w in enumerate(wins)]
 
 
 def test_paired_differences_match_episodes_and_skip_unfinished_seeds():
     rows = rows_of("paw", 0, [1, 1, 0, 0]) + rows_of("grpo", 0, [1, 0, 1, 0]) + rows_of("paw", 1, [1, 0, 0, 0])
-    rows += rows_of("grpo", 0, [0, 0, 0, 0], iteration=0)  # another iteration is not mixed in
+    rows += rows_of("grpo", 0, [0, 0, 0, 0], trained=0)  # another iteration is not mixed in
     assert paired.paired_differences(rows, "paw", "grpo", 15, [0, 1]) == {0: [0, 1, -1, 0]}  # seed 1: no grpo yet
 
 
@@ -38,13 +38,13 @@ def test_decision_rule_needs_every_seed_positive_and_two_standard_errors():
 
 def test_episodes_csv_round_trip_and_success_table(tmp_path):
     path = tmp_path / "episodes.csv"
-    columns = ("arm", "seed", "iteration", "position", "env_seed", "task_type", "won", "return", "length")
+    columns = ("arm", "seed", "trained_iterations", "position", "env_seed", "task_type", "won", "return", "length")
     with open(path, "w", newline="") as handle:
         writer = csv.DictWriter(handle, fieldnames=columns)
         writer.writeheader()
-        writer.writerow({"arm": "untrained", "seed": "", "iteration": 0, "position": 0, "env_seed": 7, "task_type": "t",
+        writer.writerow({"arm": "untrained", "seed": "", "trained_iterations": 0, "position": 0, "env_seed": 7, "task_type": "t",
                          "won": 0, "return": 0.0, "length": 8})
-        writer.writerow({"arm": "grpo", "seed": 0, "iteration": 15, "position": 0, "env_seed": 7, "task_type": "t",
+        writer.writerow({"arm": "grpo", "seed": 0, "trained_iterations": 15, "position": 0, "env_seed": 7, "task_type": "t",
                          "won": 1, "return": 10.0, "length": 3})
     rows = paired.load_episodes(path)
     assert rows[0]["seed"] is None and rows[1]["seed"] == 0 and rows[1]["won"] == 1

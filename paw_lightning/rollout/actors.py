@@ -36,6 +36,7 @@ class ActorOutput:
     candidate_ids: list[list[int]] | None = None
     chosen: int = -1
     token_logprobs: list[float] | None = None  # generate: the engine's log-prob of each response token
+    candidate_logprobs: list[float] | None = None  # score: the log-prob of every candidate (episode logs)
 
 
 def encode_candidates(tokenizer, commands: list[str]) -> list[list[int]]:
@@ -79,6 +80,7 @@ class ScoreActor:
                     entropy=float(categorical_entropy(log_probs.unsqueeze(0))[0]),
                     candidate_ids=candidates[i],
                     chosen=pick,
+                    candidate_logprobs=log_probs.tolist(),
                 )
             )
         return outputs

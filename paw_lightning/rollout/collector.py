@@ -144,7 +144,8 @@ class Collector:
             obs, info = answers[i].value
             # Per-type metrics use the env's short label when it gives one (ALFWorld: Pick, Look, ...).
             task_type = info.get("task_label") or info.get("task_type", "default")
-            episode = Episode(i, group, group_seeds[group], task_type, env_restarts=restarts[i], env_timeouts=timeouts[i])
+            episode = Episode(i, group, group_seeds[group], task_type, task=str(info.get("task", "")),
+                              env_restarts=restarts[i], env_timeouts=timeouts[i])
             slots.append(_Slot(episode, obs, info))
         return slots
 
@@ -237,6 +238,8 @@ class Collector:
             actor_token_logprobs=out.token_logprobs,
             candidate_ids=out.candidate_ids,
             chosen=out.chosen,
+            candidate_logprobs=out.candidate_logprobs,
+            candidates=list(slot.info["admissible_commands"]) if out.candidate_logprobs is not None else None,
             observation=slot.observation,
         )
         slot.history.append((slot.observation, out.action_text))

@@ -230,7 +230,9 @@ class RolloutDataModule(L.LightningDataModule):
         self._synced_step: int | None = None  # the trainer step whose weights the engine serves
         self.stop = GracefulStop()
 
-    def _collector(self, env_kwargs: dict, num_groups: int, group_size: int, temperature: float) -> Collector:
+    def build_collector(self, env_kwargs: dict, num_groups: int, group_size: int, temperature: float) -> Collector:
+        """A Collector of ``num_groups x group_size`` envs built with ``env_kwargs``, acting at ``temperature``
+        with this DataModule's actor, prompts and env workers (training, validation and ``paw play``)."""
         hp = self.hparams
         return Collector(
             # the spec, not the id: a worker process builds the env without the registration of this one
@@ -269,10 +271,10 @@ class RolloutDataModule(L.LightningDataModule):
                 "each process plays a share of them; raise it or set it to 0"
             )
         if stage == "fit" and self.collector is None:
-            self.collector = self._collector(dict(hp.env_kwargs or {}), hp.num_groups, hp.group_size, hp.temperature)
+            self.collector = self.build_collector(dict(hp.env_kwargs or {}), hp.num_groups, hp.group_size, hp.temperature)
         if hp.val_episodes > 0 and stage in ("fit", "validate") and self.val_collector is None:
             val_kwargs = dict(hp.env_kwargs or {}) | dict(hp.val_env_kwargs or {})
-            self.val_collector = self._collector(val_kwargs, len(self.val_indices()), 1, hp.val_temperature)
+            self.val_collector = self.build_collector(val_kwargs, len(self.val_indices()), 1, hp.val_temperature)
 
     def teardown(self, stage: str) -> None:
         for collector in (self.collector, self.val_collector):

@@ -34,6 +34,8 @@ class Transition:
     actor_token_logprobs: list[float] | None = None  # generate: the engine's log-prob of each action token
     candidate_ids: list[list[int]] | None = None  # score actor: every admissible command, tokenised
     chosen: int = -1  # score actor: index of the taken candidate
+    candidate_logprobs: list[float] | None = None  # score actor: the sampling policy's log-prob of every candidate
+    candidates: list[str] | None = None  # score actor: the admissible commands, in candidate order (episode logs)
     observation: str = ""  # o_t, the observation the action was taken in (GiGPO's anchor state)
     # The world-model target after a_t, set by PaWModule.prepare_rollout (world_model.build_targets) when an
     # option changes it; None means obs_ids, every token in the loss.
@@ -55,6 +57,7 @@ class Episode:
     group_id: int
     seed: int
     task_type: str
+    task: str = ""  # the goal text (info["task"] at reset)
     total_return: float = 0.0
     length: int = 0
     won: bool = False
