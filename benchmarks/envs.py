@@ -41,7 +41,7 @@ FAMILIES = {
     "textworld": ("smollm2_coin_collector.yaml", "generated TextWorld games (here coin collector, level 3)"),
     "alfworld": ("alfworld_tiny.yaml", "6 task types (here generated games, small rooms)"),
     "scienceworld": ("smollm2_scienceworld.yaml", "30 tasks, 7,207 variations (here the 4 find-* tasks, easy)"),
-    "textworld_express": ("smollm2_textworld_express.yaml", "8 games (here coin, 5 rooms, closed doors)"),
+    "textworld_express": ("smollm2_textworld_express.yaml", "8 games (here coin, 5 rooms, no doors)"),
     "frozenlake": ("frozenlake_tiny.yaml", "FrozenLake-v1 4x4"),
     "frozenlake_slippery": ("frozenlake_slippery_tiny.yaml", "FrozenLake-v1 4x4, slippery"),
     "cliffwalking": ("cliffwalking_tiny.yaml", "CliffWalking-v1"),

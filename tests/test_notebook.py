@@ -37,7 +37,7 @@ def test_curve_and_table_use_every_seed(tmp_path):
 
 
 def test_notebook_runs_top_to_bottom_on_the_committed_csv(tmp_path, monkeypatch):
-    for name in ("results.csv", "results_alfworld.csv", "results_smollm2.csv", "calibration_sparse.csv", "analysis.py"):
+    for name in ("results.csv", "results_alfworld.csv", "results_smollm2.csv", "calibration_sparse.csv", "episodes_sparse.csv", "analysis.py", "paired.py"):
         shutil.copy(NOTEBOOKS / name, tmp_path / name)
     monkeypatch.chdir(tmp_path)
     notebook = json.loads((NOTEBOOKS / "paw_vs_grpo.ipynb").read_text())
@@ -50,4 +50,5 @@ def test_notebook_runs_top_to_bottom_on_the_committed_csv(tmp_path, monkeypatch)
     assert {e["arm"] for e in namespace["alf_table"]} == {"grpo", "grpo_paw"}
     assert {e["arm"] for e in namespace["sm_table"]} == {"grpo", "grpo_paw", "paw_shuffled", "paw_ce"}
     assert (tmp_path / "figures/smollm2_train_success.png").stat().st_size > 1000
+    assert len(namespace["untrained"]) == 64  # the sparse experiment's iteration-0 validation
     assert {r["candidate"] for r in namespace["calibration"]} >= {"tw-coin_collector level 5", "tw-cooking recipe 1 take 1"}
