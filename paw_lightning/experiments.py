@@ -113,11 +113,10 @@ def run_folder(matrix: dict[str, Any], arm: str, seed: int | None) -> Path:
 
 
 def read_val_episodes(folder: Path) -> list[dict[str, str]]:
-    """Every held-out episode a run played (its ``val_episodes.csv`` across resumed versions; for an
+    """Every held-out episode a run played (its ``val_episodes.csv`` across resumed versions; for a
     validation after the same number of iterations in two versions the later one wins)."""
     by_iteration: dict[str, list[dict[str, str]]] = {}
-    versions = sorted((folder / "runs" / "csv").glob("version_*"), key=lambda p: int(p.name.split("_")[1]))
-    for version in versions:
+    for version in run_versions(folder):
         rows: dict[str, list[dict[str, str]]] = {}
         path = version / "val_episodes.csv"
         for row in csv.DictReader(open(path)) if path.exists() else []:
@@ -136,12 +135,16 @@ def episode_rows(matrix: dict[str, Any]) -> list[dict[str, Any]]:
             for arm, seed in runs for row in read_val_episodes(run_folder(matrix, arm, seed))]
 
 
+def run_versions(folder: Path) -> list[Path]:
+    """A run's ``runs/csv/version_*`` folders, oldest first (a resumed run writes a new one)."""
+    return sorted((folder / "runs" / "csv").glob("version_*"), key=lambda p: int(p.name.split("_")[1]))
+
+
 def read_run(folder: Path) -> list[dict[str, float]]:
     """One merged dict of metrics per iteration, across every ``runs/csv/version_*`` of a run (a resumed
     run writes a new version; the later one wins for an iteration both hold)."""
     by_epoch: dict[int, dict[str, float]] = {}
-    versions = sorted((folder / "runs" / "csv").glob("version_*"), key=lambda p: int(p.name.split("_")[1]))
-    for version in versions:
+    for version in run_versions(folder):
         metrics = version / "metrics.csv"
         if not metrics.exists():
             continue
