@@ -28,6 +28,11 @@ the same random numbers in every run)::
 The untrained model is every arm's starting point (a fresh LoRA adapter changes nothing), so one
 validation of it stands for iteration 0 of every (arm, seed); its rows have arm ``untrained`` and no seed.
 
+Run folders are not committed, so every finished run is also listed in a ledger beside the output
+(``results_runs.csv`` for ``results.csv``: arm, seed and the seconds each sitting took, which is the
+compute the matrix has spent). On a fresh clone, where the run folders are gone, a run in the ledger is
+not run again, and the CSVs keep the rows they already hold for every run whose folder holds nothing.
+
 ``--extend`` grows a finished matrix's budget: raise ``trainer.max_epochs`` (in the base config or the
 matrix's ``args``) and every run resumes from its ``last.ckpt`` and trains on to the new last iteration.
 """
@@ -46,6 +51,7 @@ from typing import Any
 import yaml
 
 EPISODE_COLUMNS = ("arm", "seed", "trained_iterations", "position", "env_seed", "task_type", "won", "return", "length")
+LEDGER_COLUMNS = ("arm", "seed", "seconds")
 UNTRAINED = "untrained"  # the run folder and arm name of the untrained-model validation
 COLUMNS = (
     "arm", "config", "seed", "iteration", "env_steps", "episodes", "wall_s", "train_success", "eval_success",
@@ -125,19 +131,50 @@ def read_val_episodes(folder: Path) -> list[dict[str, str]]:
     return [row for iteration in sorted(by_iteration, key=int) for row in by_iteration[iteration]]
 
 
-def episode_rows(matrix: dict[str, Any]) -> list[dict[str, Any]]:
-    """The held-out episodes of the whole matrix, one row each (the untrained validation first)."""
+def episode_rows(matrix: dict[str, Any], kept: dict[tuple[str, str], list[dict[str, str]]] | None = None
+                 ) -> list[dict[str, Any]]:
+    """The held-out episodes of the whole matrix, one row each (the untrained validation first); a run
+    whose folder holds none keeps its rows from ``kept`` (the episodes CSV as it was)."""
     runs = [(UNTRAINED, None)] if matrix.get("untrained_validation") else []
     runs += [(arm, int(seed)) for seed in matrix["seeds"] for arm in matrix["arms"]]
-    return [{"arm": arm, "seed": "" if seed is None else seed, "trained_iterations": int(row["trained_iterations"]),
-             "position": int(row["position"]), "env_seed": int(row["seed"]), "task_type": row["task_type"],
-             "won": int(row["won"]), "return": float(row["return"]), "length": int(row["length"])}
-            for arm, seed in runs for row in read_val_episodes(run_folder(matrix, arm, seed))]
+    rows: list[dict[str, Any]] = []
+    for arm, seed in runs:
+        played = read_val_episodes(run_folder(matrix, arm, seed))
+        rows += [{"arm": arm, "seed": "" if seed is None else seed, "trained_iterations": int(row["trained_iterations"]),
+                  "position": int(row["position"]), "env_seed": int(row["seed"]), "task_type": row["task_type"],
+                  "won": int(row["won"]), "return": float(row["return"]), "length": int(row["length"])}
+                 for row in played] or (kept or {}).get((arm, "" if seed is None else str(seed)), [])
+    return rows
 
 
 def run_versions(folder: Path) -> list[Path]:
     """A run's ``runs/csv/version_*`` folders, oldest first (a resumed run writes a new one)."""
     return sorted((folder / "runs" / "csv").glob("version_*"), key=lambda p: int(p.name.split("_")[1]))
+
+
+def ledger_path(matrix: dict[str, Any]) -> Path:
+    """The committed list of finished sittings: ``<output stem>_runs.csv`` beside the output CSV."""
+    output = Path(matrix["output"])
+    return output.with_name(f"{output.stem}_runs.csv")
+
+
+def read_ledger(matrix: dict[str, Any]) -> list[dict[str, str]]:
+    path = ledger_path(matrix)
+    return list(csv.DictReader(open(path))) if path.exists() else []
+
+
+def record_finished(matrix: dict[str, Any], arm: str, seed: int | None, seconds: float) -> None:
+    """Append one finished sitting of (arm, seed) to the ledger."""
+    rows = read_ledger(matrix) + [{"arm": arm, "seed": "" if seed is None else seed, "seconds": f"{seconds:.1f}"}]
+    write_csv(ledger_path(matrix), rows, LEDGER_COLUMNS)
+
+
+def previous_rows(path: str | Path) -> dict[tuple[str, str], list[dict[str, str]]]:
+    """The rows a CSV already holds, by (arm, seed) as strings; nothing when there is no such file."""
+    kept: dict[tuple[str, str], list[dict[str, str]]] = {}
+    for row in csv.DictReader(open(path)) if Path(path).exists() else []:
+        kept.setdefault((row["arm"], row["seed"]), []).append(row)
+    return kept
 
 
 def read_run(folder: Path) -> list[dict[str, float]]:
@@ -188,13 +225,18 @@ def run_matrix(matrix: dict[str, Any], only: list[str] | None = None, dry_run: b
     jobs = [] if collect_only else [(arm, int(seed)) for seed in matrix["seeds"] for arm in arms]
     if matrix.get("untrained_validation") and not collect_only:
         jobs.insert(0, (UNTRAINED, None))
+    ledger = {(row["arm"], row["seed"]) for row in read_ledger(matrix)}
     for number, (arm, seed) in enumerate(jobs, 1):
         folder = run_folder(matrix, arm, seed)
         name = arm if seed is None else f"{arm} seed {seed}"
+        checkpoints = sorted(folder.glob("runs/csv/version_*/checkpoints/last.ckpt"), key=os.path.getmtime)
         if (folder / "done").exists() and (not extend or seed is None):
             print(f"[{number}/{len(jobs)}] {name}: done, skipped", flush=True)
             continue
-        checkpoints = sorted(folder.glob("runs/csv/version_*/checkpoints/last.ckpt"), key=os.path.getmtime)
+        if (arm, "" if seed is None else str(seed)) in ledger and not checkpoints:
+            print(f"[{number}/{len(jobs)}] {name}: finished elsewhere ({ledger_path(matrix)}), skipped"
+                  + (" (its checkpoint is not here, so it cannot be extended)" if extend else ""), flush=True)
+            continue
         resume = checkpoints[-1].resolve() if checkpoints else None
         command = validate_command(matrix) if seed is None else run_command(matrix, arm, seed, resume)
         print(f"[{number}/{len(jobs)}] {name}: {'resuming' if resume else 'starting'}", flush=True)
@@ -207,13 +249,19 @@ def run_matrix(matrix: dict[str, Any], only: list[str] | None = None, dry_run: b
             result = subprocess.run(command, cwd=folder, stdout=log, stderr=subprocess.STDOUT)
         if result.returncode != 0:
             raise RuntimeError(f"{name} failed (exit {result.returncode}); see {folder / 'log.txt'}")
-        (folder / "done").write_text(f"{time.perf_counter() - started:.1f} s\n")
-        print(f"  finished in {time.perf_counter() - started:.0f} s", flush=True)
-    rows = [row for seed in matrix["seeds"] for arm in matrix["arms"] for row in tidy_rows(matrix, arm, int(seed))]
+        seconds = time.perf_counter() - started
+        (folder / "done").write_text(f"{seconds:.1f} s\n")
+        record_finished(matrix, arm, seed, seconds)
+        print(f"  finished in {seconds:.0f} s", flush=True)
+    # A run whose folder holds nothing (a fresh clone) keeps the rows the committed CSV has for it.
+    kept = previous_rows(matrix["output"])
+    rows = [row for seed in matrix["seeds"] for arm in matrix["arms"]
+            for row in tidy_rows(matrix, arm, int(seed)) or kept.get((arm, str(seed)), [])]
     if not dry_run:
         write_csv(matrix["output"], rows)
         if matrix.get("episodes_output"):
-            write_csv(matrix["episodes_output"], episode_rows(matrix), EPISODE_COLUMNS)
+            episodes = episode_rows(matrix, previous_rows(matrix["episodes_output"]))
+            write_csv(matrix["episodes_output"], episodes, EPISODE_COLUMNS)
     return rows
 
 

@@ -85,3 +85,31 @@ def test_matrix_runs_writes_tidy_csv_and_resumes(tmp_path, monkeypatch):
     # --extend: a finished run trains on to the larger budget; one already there only reloads
     rows = run_matrix(spec, extend=True)
     assert [(r["arm"], r["iteration"]) for r in rows] == [("grpo", 0), ("grpo", 1), ("grpo_paw", 0), ("grpo_paw", 1)]
+
+
+def test_a_fresh_clone_keeps_finished_runs_from_the_ledger_and_the_committed_csvs(tmp_path, monkeypatch, capsys):
+    # Run folders are not committed: on a new machine only the ledger and the CSVs say what has run.
+    monkeypatch.chdir(ROOT)
+    spec = {"base": "configs/quickstart.yaml", "seeds": [0, 1], "runs_dir": str(tmp_path / "runs"),
+            "output": str(tmp_path / "results.csv"), "args": [], "untrained_validation": True,
+            "arms": {"grpo": ["--config", "configs/algorithms/no_paw.yaml"], "grpo_paw": []},
+            "episodes_output": str(tmp_path / "episodes.csv")}
+    ledger = [("untrained", ""), ("grpo", "0"), ("grpo_paw", "0"), ("grpo", "1")]
+    (tmp_path / "results_runs.csv").write_text("arm,seed,seconds\n" + "".join(f"{a},{s},60.0\n" for a, s in ledger))
+    results = [{c: "" for c in COLUMNS} | {"arm": a, "seed": s, "iteration": "0", "train_success": f"0.{i}"}
+               for i, (a, s) in enumerate(ledger[1:])]
+    write_metrics(tmp_path / "results.csv", results)
+    episodes = [{c: "0" for c in EPISODE_COLUMNS} | {"arm": a, "seed": s, "won": str(i % 2)} for i, (a, s) in enumerate(ledger)]
+    write_metrics(tmp_path / "episodes.csv", episodes)
+    # grpo_paw seed 1 is not in the ledger: it would start; the other four are skipped
+    run_matrix(spec, dry_run=True)
+    printed = capsys.readouterr().out
+    assert printed.count("finished elsewhere") == 4 and "[5/5] grpo_paw seed 1: starting" in printed
+    # grpo seed 1 ran again here (a fresh metrics.csv): its rows come from its folder, the others' from the CSV
+    write_metrics(tmp_path / "runs/grpo/seed-1/runs/csv/version_0/metrics.csv",
+                  [{"epoch": 0, "step": 1, "episode/success_rate": 0.75}])
+    rows = run_matrix(spec, collect_only=True)
+    assert [(r["arm"], str(r["seed"]), str(r["train_success"])) for r in rows] == [
+        ("grpo", "0", "0.0"), ("grpo_paw", "0", "0.1"), ("grpo", "1", "0.75")]
+    kept = list(csv.DictReader(open(tmp_path / "episodes.csv")))
+    assert [(e["arm"], e["seed"], e["won"]) for e in kept] == [(a, s, str(i % 2)) for i, (a, s) in enumerate(ledger)]
