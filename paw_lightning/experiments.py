@@ -114,6 +114,11 @@ def validate_command(matrix: dict[str, Any]) -> list[str]:
     return command + absolute_configs(matrix["args"]) + ["--trainer.enable_progress_bar=false", "--data.progress=false"]
 
 
+def seed_field(seed: int | None) -> str:
+    """A run's seed as the CSVs write it: empty for the untrained validation."""
+    return "" if seed is None else str(seed)
+
+
 def run_folder(matrix: dict[str, Any], arm: str, seed: int | None) -> Path:
     return Path(matrix["runs_dir"]) / (UNTRAINED if seed is None else Path(arm) / f"seed-{seed}")
 
@@ -131,8 +136,7 @@ def read_val_episodes(folder: Path) -> list[dict[str, str]]:
     return [row for iteration in sorted(by_iteration, key=int) for row in by_iteration[iteration]]
 
 
-def episode_rows(matrix: dict[str, Any], kept: dict[tuple[str, str], list[dict[str, str]]] | None = None
-                 ) -> list[dict[str, Any]]:
+def episode_rows(matrix: dict[str, Any], kept: dict[tuple[str, str], list[dict[str, str]]]) -> list[dict[str, Any]]:
     """The held-out episodes of the whole matrix, one row each (the untrained validation first); a run
     whose folder holds none keeps its rows from ``kept`` (the episodes CSV as it was)."""
     runs = [(UNTRAINED, None)] if matrix.get("untrained_validation") else []
@@ -140,10 +144,10 @@ def episode_rows(matrix: dict[str, Any], kept: dict[tuple[str, str], list[dict[s
     rows: list[dict[str, Any]] = []
     for arm, seed in runs:
         played = read_val_episodes(run_folder(matrix, arm, seed))
-        rows += [{"arm": arm, "seed": "" if seed is None else seed, "trained_iterations": int(row["trained_iterations"]),
+        rows += [{"arm": arm, "seed": seed_field(seed), "trained_iterations": int(row["trained_iterations"]),
                   "position": int(row["position"]), "env_seed": int(row["seed"]), "task_type": row["task_type"],
                   "won": int(row["won"]), "return": float(row["return"]), "length": int(row["length"])}
-                 for row in played] or (kept or {}).get((arm, "" if seed is None else str(seed)), [])
+                 for row in played] or kept.get((arm, seed_field(seed)), [])
     return rows
 
 
@@ -165,7 +169,7 @@ def read_ledger(matrix: dict[str, Any]) -> list[dict[str, str]]:
 
 def record_finished(matrix: dict[str, Any], arm: str, seed: int | None, seconds: float) -> None:
     """Append one finished sitting of (arm, seed) to the ledger."""
-    rows = read_ledger(matrix) + [{"arm": arm, "seed": "" if seed is None else seed, "seconds": f"{seconds:.1f}"}]
+    rows = read_ledger(matrix) + [{"arm": arm, "seed": seed_field(seed), "seconds": f"{seconds:.1f}"}]
     write_csv(ledger_path(matrix), rows, LEDGER_COLUMNS)
 
 
@@ -233,7 +237,7 @@ def run_matrix(matrix: dict[str, Any], only: list[str] | None = None, dry_run: b
         if (folder / "done").exists() and (not extend or seed is None):
             print(f"[{number}/{len(jobs)}] {name}: done, skipped", flush=True)
             continue
-        if (arm, "" if seed is None else str(seed)) in ledger and not checkpoints:
+        if (arm, seed_field(seed)) in ledger and not checkpoints:
             print(f"[{number}/{len(jobs)}] {name}: finished elsewhere ({ledger_path(matrix)}), skipped"
                   + (" (its checkpoint is not here, so it cannot be extended)" if extend else ""), flush=True)
             continue
@@ -256,7 +260,7 @@ def run_matrix(matrix: dict[str, Any], only: list[str] | None = None, dry_run: b
     # A run whose folder holds nothing (a fresh clone) keeps the rows the committed CSV has for it.
     kept = previous_rows(matrix["output"])
     rows = [row for seed in matrix["seeds"] for arm in matrix["arms"]
-            for row in tidy_rows(matrix, arm, int(seed)) or kept.get((arm, str(seed)), [])]
+            for row in tidy_rows(matrix, arm, int(seed)) or kept.get((arm, seed_field(seed)), [])]
     if not dry_run:
         write_csv(matrix["output"], rows)
         if matrix.get("episodes_output"):
