@@ -115,3 +115,23 @@ def plot_curves(rows: list[dict], column: str, path: str | Path | None = None, t
         if iterations:
             panel.lines.append(Line(f"{arm} ({seeds} seeds)", iterations, means, stds, color=f"C{index}"))
     return draw_panels([panel], path, figsize=(6, 3.6), legend_loc="lower right")
+
+
+def plot_runs(rows: list[dict], column: str, path: str | Path | None = None, title: str | None = None,
+              arms: list[str] | None = None, log: bool = False):
+    """``column`` against iterations, one line per run (arm and seed; an arm keeps its colour, seeds
+    differ by line style): for a quantity whose spikes a mean over seeds would hide. ``log``: log y axis,
+    where values <= 0 are left out."""
+    from paw_lightning.plots import Line, Panel, draw_panels
+
+    panel = Panel(title or column.replace("_", " "), column.replace("_", " "), yscale="log" if log else "linear")
+    for index, arm in enumerate(arms_in_order(rows)):
+        if arms is not None and arm not in arms:
+            continue
+        for number, seed in enumerate(sorted({r["seed"] for r in rows if r["arm"] == arm})):
+            points = sorted((r["iteration"], r[column]) for r in rows if r["arm"] == arm and r["seed"] == seed
+                            and r.get(column) is not None and (r[column] > 0 or not log))
+            if points:
+                panel.lines.append(Line(f"{arm} seed {seed}", [i for i, _ in points], [v for _, v in points],
+                                        color=f"C{index}", linestyle=("-", "--", ":", "-.")[number % 4]))
+    return draw_panels([panel], path, figsize=(6, 3.6))

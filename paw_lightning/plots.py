@@ -51,6 +51,7 @@ class Panel:
     lines: list[Line] = field(default_factory=list)
     ylim: tuple[float, float] | None = None
     xlabel: str = "iteration"
+    yscale: str = "linear"  # or "log", for ratios that span decades
 
 
 def draw_panels(panels: list[Panel], path: str | Path | None = None, ncols: int = 2,
@@ -80,6 +81,7 @@ def draw_panels(panels: list[Panel], path: str | Path | None = None, ncols: int 
         axis.xaxis.set_major_locator(MaxNLocator(integer=True))  # iterations
         axis.set_xlabel(panel.xlabel)
         axis.set_ylabel(panel.ylabel)
+        axis.set_yscale(panel.yscale)
         if panel.ylim is not None:
             axis.set_ylim(*panel.ylim)
         axis.set_title(panel.title)

@@ -36,8 +36,23 @@ def test_curve_and_table_use_every_seed(tmp_path):
     assert summary["a"] == (0.875, 0.125, {0: 1.0, 1: 0.75}) and summary["b"] == (0.0, 0.0, {0: 0.0})
 
 
+def test_plot_runs_draws_one_line_per_seed_and_drops_nonpositive_values_on_a_log_axis(tmp_path):
+    path = tmp_path / "r.csv"
+    path.write_text("arm,config,seed,iteration,ratio\n" + "".join([
+        "a,c,0,0,0.1\n", "a,c,0,1,50\n", "a,c,1,0,0\n", "a,c,1,1,0.2\n", "b,c,0,0,0\n", "b,c,0,1,0\n",
+    ]))
+    rows = analysis.load(path)
+    figure = analysis.plot_runs(rows, "ratio", tmp_path / "ratio.png", arms=["a"], log=True)
+    (axis,) = figure.axes
+    assert axis.get_yscale() == "log" and (tmp_path / "ratio.png").stat().st_size > 1000
+    lines = {line.get_label(): list(line.get_ydata()) for line in axis.get_lines()}
+    assert lines == {"a seed 0": [0.1, 50.0], "a seed 1": [0.2]}  # b left out; the 0 of seed 1 dropped
+    linear = analysis.plot_runs(rows, "ratio")
+    assert {line.get_label() for line in linear.axes[0].get_lines()} == {"a seed 0", "a seed 1", "b seed 0"}
+
+
 def test_notebook_runs_top_to_bottom_on_the_committed_csv(tmp_path, monkeypatch):
-    for name in ("results.csv", "results_alfworld.csv", "results_smollm2.csv", "calibration_sparse.csv", "episodes_sparse.csv", "analysis.py", "paired.py"):
+    for name in ("results.csv", "results_alfworld.csv", "results_smollm2.csv", "calibration_sparse.csv", "episodes_sparse.csv", "results_sparse.csv", "analysis.py", "paired.py"):
         shutil.copy(NOTEBOOKS / name, tmp_path / name)
     monkeypatch.chdir(tmp_path)
     notebook = json.loads((NOTEBOOKS / "paw_vs_grpo.ipynb").read_text())
@@ -50,5 +65,7 @@ def test_notebook_runs_top_to_bottom_on_the_committed_csv(tmp_path, monkeypatch)
     assert {e["arm"] for e in namespace["alf_table"]} == {"grpo", "grpo_paw"}
     assert {e["arm"] for e in namespace["sm_table"]} == {"grpo", "grpo_paw", "paw_shuffled", "paw_ce"}
     assert (tmp_path / "figures/smollm2_train_success.png").stat().st_size > 1000
-    assert len(namespace["untrained"]) == 64  # the sparse experiment's iteration-0 validation
+    assert (tmp_path / "figures/sparse_grad_wm_over_rl.png").stat().st_size > 1000
+    assert len(namespace["untrained"]) == 64
+    assert namespace["sparse_verdict"]["pairs"] == 192  # all 3 seeds of both arms validated after iteration 15  # the sparse experiment's iteration-0 validation
     assert {r["candidate"] for r in namespace["calibration"]} >= {"tw-coin_collector level 5", "tw-cooking recipe 1 take 1"}
