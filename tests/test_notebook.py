@@ -66,6 +66,6 @@ def test_notebook_runs_top_to_bottom_on_the_committed_csv(tmp_path, monkeypatch)
     assert {e["arm"] for e in namespace["sm_table"]} == {"grpo", "grpo_paw", "paw_shuffled", "paw_ce"}
     assert (tmp_path / "figures/smollm2_train_success.png").stat().st_size > 1000
     assert (tmp_path / "figures/sparse_grad_wm_over_rl.png").stat().st_size > 1000
-    assert len(namespace["untrained"]) == 64
-    assert namespace["sparse_verdict"]["pairs"] == 192  # all 3 seeds of both arms validated after iteration 15  # the sparse experiment's iteration-0 validation
+    assert len(namespace["untrained"]) == 64  # the sparse experiment's iteration-0 validation
+    assert namespace["sparse_verdict"]["pairs"] == 192  # all 3 seeds of both arms validated after iteration 15
     assert {r["candidate"] for r in namespace["calibration"]} >= {"tw-coin_collector level 5", "tw-cooking recipe 1 take 1"}
