@@ -45,6 +45,7 @@ def test_gpu_suite_dry_run_runs_every_step_on_cpu(tmp_path):
     # 2 processes, a vLLM engine each: the per-process GPU settings' code path, on CPU
     assert [(r["processes"], r["engine"], r["actor"]) for r in ddp["runs"]] == [(2, "vllm" if vllm_available() else "hf", "generate")]
     assert ddp["runs"][0]["episodes_per_iteration"] == 4 and ddp["device"] == "cpu"
+    assert all(ddp["runs"][0][key] > 0 for key in ("rollout_env_steps_per_s", "iteration_s", "env_steps_per_s_overall"))
     assert suite["suite"]["dry_run"] and all(step["ok"] for step in suite["suite"]["steps"].values())
     assert list(suite["suite"]["steps"]) == ["update", "qlora7b", "vllm", "fit", "ddp"]
 
@@ -102,23 +103,6 @@ def test_env_workers_benchmark_smoke_run(tmp_path, alfworld_data):
     assert run["raw_env"]["env_steps"] == run["settings"][0]["env_steps"]  # the replay took the same steps
     assert run["raw_env"]["in_process_collector_over_raw_env"] > 0
     assert done.stdout.strip().splitlines()[-1].startswith("| ")  # the README table row
-
-
-@pytest.mark.slow
-def test_ddp_benchmark_smoke_run(tmp_path, coin_pool_kwargs):
-    out = tmp_path / "results_ddp.json"
-    env_kwargs = json.dumps(dict(coin_pool_kwargs, progress=False))
-    proc = subprocess.run(
-        [sys.executable, str(ROOT / "benchmarks/ddp.py"), "--processes", "1", "--iterations", "1", "--num_groups", "1",
-         "--engines", "vllm" if vllm_available() else "hf", "--actor", "generate",
-         "--out", str(out), "--", "--data.group_size=2", "--data.max_steps=2", "--data.max_new_tokens=8", f"--data.env_kwargs={env_kwargs}"],
-        cwd=tmp_path, capture_output=True, text=True, timeout=600,
-    )
-    assert proc.returncode == 0, proc.stderr[-3000:]
-    run = json.loads(out.read_text())["runs"][0]["runs"][0]
-    assert run["processes"] == 1 and run["episodes_per_iteration"] == 2 and run["actor"] == "generate"
-    assert run["engine"] == ("vllm" if vllm_available() else "hf")
-    assert run["rollout_env_steps_per_s"] > 0 and run["iteration_s"] > 0 and run["env_steps_per_s_overall"] > 0
 
 
 @pytest.mark.slow
