@@ -11,9 +11,12 @@ from typing import Any, Literal, get_args, get_origin
 
 
 def literal_choices(annotation: Any) -> tuple | None:
-    """The allowed values of a Literal annotation (also inside ``X | None``), else None."""
+    """The allowed values of a Literal annotation (also inside ``X | None``), else None (also for a union
+    with another type, e.g. ``int | Literal["auto"]``, whose values the type checks)."""
     if get_origin(annotation) is Literal:
         return get_args(annotation)
+    if any(literal_choices(arg) is None and arg is not type(None) for arg in get_args(annotation)):
+        return None
     choices = [c for arg in get_args(annotation) if (c := literal_choices(arg)) is not None]
     if choices:
         return tuple(v for c in choices for v in c) + ((None,) if type(None) in get_args(annotation) else ())
