@@ -19,3 +19,9 @@ class NonFiniteTrainingError(PawError, RuntimeError):
 
 class GameGenerationError(PawError, RuntimeError):
     """A TextWorld game could not be generated (in time)."""
+
+
+class RowTooLongError(PawError, MemoryError):
+    """One training row does not fit in memory even alone in its micro-batch."""
+
+    exit_code = 1

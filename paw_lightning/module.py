@@ -9,6 +9,7 @@ observation tokens (CMAE by default, CE as the ablation), weighted per transitio
 from __future__ import annotations
 
 import copy
+import functools
 import inspect
 import os
 import time
@@ -20,7 +21,8 @@ from typing import Literal
 import lightning as L
 import torch
 from lightning.pytorch.loggers import TensorBoardLogger
-from lightning.pytorch.strategies import FSDPStrategy
+from lightning.pytorch.strategies import DDPStrategy, FSDPStrategy
+from lightning.pytorch.utilities import rank_zero_info
 from torch import Tensor, nn
 
 from paw_lightning.advantages import (
@@ -60,7 +62,13 @@ from paw_lightning.errors import NonFiniteTrainingError
 from paw_lightning.metrics import (
     TokenMean, append_episode_rows, combine_rank_metrics, episode_metrics, rollout_metrics,
 )
-from paw_lightning.models import TINY, DType, Quantize, check_model_options, check_model_source, load_model, trunk_and_head
+from paw_lightning.memory import (
+    MemoryLine, MemoryPlan, choose_plan, cuda_peak, is_oom, probe_batch, probe_memory_line, run_with_oom_retry, usable_cuda_memory,
+)
+from paw_lightning.models import (
+    TINY, DType, LoraDType, Quantize, check_model_options, check_model_source, is_checkpointing, load_model,
+    set_gradient_checkpointing, trunk_and_head,
+)
 from paw_lightning.rollout.batch import (
     SCORE,
     BatchTotals,
@@ -86,6 +94,7 @@ from paw_lightning.world_model import (
 WorldModel = Literal["shared", "head"]
 WMTarget = Literal["next_obs", "shuffled"]
 NO_SHARE = {"rl": 1.0, "value": 1.0, "wm": 1.0}  # one process: every loss term as it is
+AUTO = "auto"  # max_tokens_per_micro_batch / gradient_checkpointing: the memory planner decides (memory.py)
 JOINED = ("_values", "_targets")  # per-row logs of a micro-batch: concatenated over the step, not summed
 
 
@@ -121,8 +130,11 @@ def check_module_options(**options) -> None:
     for name in ("head_chunk_size", "score_batch_size", "max_skipped_steps", "wm_horizon"):
         if not o[name] >= 1:
             raise ValueError(f"{name} must be >= 1, got {o[name]}")
-    if o["max_tokens_per_micro_batch"] is not None and not o["max_tokens_per_micro_batch"] >= 1:
-        raise ValueError(f"max_tokens_per_micro_batch must be >= 1 (or null: no micro-batches), got {o['max_tokens_per_micro_batch']}")
+    budget = o["max_tokens_per_micro_batch"]
+    if budget not in (None, AUTO) and not (isinstance(budget, int) and budget >= 1):
+        raise ValueError(f"max_tokens_per_micro_batch must be >= 1, auto or null (no micro-batches), got {budget!r}")
+    if o["gradient_checkpointing"] not in (True, False, AUTO):
+        raise ValueError(f"gradient_checkpointing must be true, false or auto, got {o['gradient_checkpointing']!r}")
     if not o["log_grad_terms_every_n_steps"] >= 0:
         raise ValueError(f"log_grad_terms_every_n_steps must be >= 0 (0 = off), got {o['log_grad_terms_every_n_steps']}")
     if not 0.0 < o["cmae_rho"] <= 1.0:
@@ -132,7 +144,7 @@ def check_module_options(**options) -> None:
             raise ValueError(f"{name} must be in [0, 1], got {o[name]}")
     if not o["lora_dropout"] < 1:
         raise ValueError(f"lora_dropout must be < 1, got {o['lora_dropout']}")
-    check_model_options(o["quantize"], o["lora_rank"], o["dtype"])
+    check_model_options(o["quantize"], o["lora_rank"], o["dtype"], o["lora_dtype"])
     check_model_source(o["model_name"])
 
 
@@ -160,7 +172,12 @@ class PaWModule(L.LightningModule):
         lora_dropout: dropout on the LoRA path.
         lora_target_modules: modules that get LoRA (default every linear layer but the output head).
         quantize: ``bnb.nf4`` loads the base weights in 4-bit nf4 (QLoRA; needs lora_rank > 0), or null.
-        gradient_checkpointing: recompute decoder activations in the backward pass (less memory).
+            Frozen weights stay in bf16 and the 4-bit layers compute in bf16 (no fp32 upcast; models.prepare_qlora).
+        lora_dtype: dtype of the trainable LoRA weights: ``float32`` (default, as peft and Unsloth: exact
+            AdamW updates of small weights, for a few MB more) or ``bfloat16`` (as TRL's bf16 QLoRA recipes).
+        gradient_checkpointing: recompute decoder activations in the backward pass (less memory, ~30 % more
+            time): true, false, or ``auto`` (on a GPU the memory planner turns it on only when the whole
+            mini-batch does not fit without it; on a CPU auto is off). See docs/memory.md.
         attn_implementation: ``sdpa``, ``eager``, ``flash_attention_2``... (default: transformers' choice);
             the score actor's packed rows need one that takes a 4D mask (sdpa or eager).
         trust_remote_code: allow model code from the hub folder (off unless you trust it).
@@ -213,7 +230,10 @@ class PaWModule(L.LightningModule):
             tokens (rows grouped by length), accumulate their gradients and take one optimiser step, with
             every loss term normalised over the whole mini-batch: the same update in less memory (null =
             the whole mini-batch at once). The no-grad scoring passes keep to it too. A row longer than
-            the budget runs alone (no row is split).
+            the budget runs alone (no row is split). ``auto``: on a GPU the memory planner measures two
+            probe updates at the first step and picks the budget (docs/memory.md); on a CPU auto is null.
+            Whatever the setting, an update or scoring pass that runs out of memory halves the budget and
+            runs the same rows again (``perf/oom_retries``).
         grad_clip: clip the gradient's total norm to this before each optimiser step (0 = off); the one
             clipping knob (``trainer.gradient_clip_val`` is refused; Lightning's clipping hook applies this).
         max_skipped_steps: stop the run (``NonFiniteTrainingError``) after this many optimiser steps in a
@@ -231,7 +251,8 @@ class PaWModule(L.LightningModule):
         lora_dropout: float = 0.0,
         lora_target_modules: str | list[str] = "all-linear",
         quantize: Quantize | None = None,
-        gradient_checkpointing: bool = False,
+        lora_dtype: LoraDType = "float32",
+        gradient_checkpointing: bool | Literal["auto"] = False,
         attn_implementation: str | None = None,
         trust_remote_code: bool = False,
         model_seed: int = 0,
@@ -262,7 +283,7 @@ class PaWModule(L.LightningModule):
         value_lr: float | None = None,
         head_chunk_size: int = DEFAULT_CHUNK,
         score_batch_size: int = 32,
-        max_tokens_per_micro_batch: int | None = None,
+        max_tokens_per_micro_batch: int | Literal["auto"] | None = None,
         grad_clip: float = 1.0,
         max_skipped_steps: int = 10,
         log_episodes: int = 2,
@@ -272,9 +293,16 @@ class PaWModule(L.LightningModule):
         check_module_options(**self.hparams)
         self.model, self.tokenizer = load_model(
             model_name, dtype=dtype, lora_rank=lora_rank, lora_alpha=lora_alpha, lora_dropout=lora_dropout,
-            lora_target_modules=lora_target_modules, quantize=quantize, gradient_checkpointing=gradient_checkpointing,
-            attn_implementation=attn_implementation, trust_remote_code=trust_remote_code, seed=model_seed,
+            lora_target_modules=lora_target_modules, quantize=quantize, gradient_checkpointing=gradient_checkpointing is True,
+            attn_implementation=attn_implementation, trust_remote_code=trust_remote_code, seed=model_seed, lora_dtype=lora_dtype,
         )
+        if torch.cuda.is_available() and torch.get_float32_matmul_precision() == "highest":
+            torch.set_float32_matmul_precision("high")  # TF32 matmuls for the fp32 parts (Lightning's tip)
+        # the micro-batch budget in force (the planner's or an out-of-memory retry's once they ran)
+        self.micro_budget: int | None = None if max_tokens_per_micro_batch == AUTO else max_tokens_per_micro_batch
+        self._plan_pending = AUTO in (max_tokens_per_micro_batch, gradient_checkpointing)
+        self._plan_logs: dict[str, float] = {}
+        self.oom_retries = 0  # updates and scoring passes redone with a halved budget, kept across resumes
         self.uses_lora = lora_rank > 0
         self.ref_model = None
         if kl_coef > 0 and not self.uses_lora:
@@ -436,11 +464,20 @@ class PaWModule(L.LightningModule):
         return global_whiten(advantages, self.ranks)
 
     def _score_pass(self, rollout: Rollout, policy: bool, reference: bool, values: bool) -> dict[str, list[Tensor]]:
-        """No-grad unit log-probs and entropies (policy and/or reference) and critic values per transition."""
+        """No-grad unit log-probs and entropies (policy and/or reference) and critic values per transition;
+        a pass that runs out of memory runs again with half the token budget (counted in ``perf/oom_retries``)."""
         was_training = self.model.training
         self.model.eval()
+        lengths = [row_length(t, rollout.mode) for t in rollout.transitions]
+        attempt = functools.partial(self._score_chunks, rollout, policy, reference, values)
+        found, _, retries = run_with_oom_retry(attempt, self.micro_budget, lengths, lambda: None, self.device)
+        self.oom_retries += retries
+        self.model.train(was_training)
+        return {key: [part[i] for i in sorted(part)] for key, part in found.items()}
+
+    def _score_chunks(self, rollout: Rollout, policy: bool, reference: bool, values: bool, budget: int | None) -> dict:
         found: dict[str, dict[int, Tensor]] = {"old": {}, "ref": {}, "entropy": {}, "values": {}}
-        for rows in self._scoring_chunks(rollout):
+        for rows in self._scoring_chunks(rollout, budget):
             batch = self._to_device(collate([rollout.transitions[i] for i in rows], rollout.mode, self.tokenizer.pad_token_id))
             batch["temperature"] = rollout.temperature
             mask = unit_mask(batch)
@@ -459,13 +496,12 @@ class PaWModule(L.LightningModule):
                     ref_trunk, _ = trunk_and_head(ref_model)
                     ref_logp, _ = self._policy_units(ref_model, trunk_hidden(ref_trunk, batch), batch)
                 found["ref"] |= {i: row[m].float().cpu() for i, row, m in zip(rows, ref_logp, mask)}
-        self.model.train(was_training)
-        return {key: [part[i] for i in sorted(part)] for key, part in found.items()}
+        return found
 
-    def _scoring_chunks(self, rollout: Rollout) -> list[list[int]]:
+    def _scoring_chunks(self, rollout: Rollout, budget: int | None) -> list[list[int]]:
         """The no-grad passes' batches: ``score_batch_size`` transitions at most, and with a token budget
-        at most ``max_tokens_per_micro_batch`` padded tokens (rows grouped by length)."""
-        budget, size = self.hparams.max_tokens_per_micro_batch, self.hparams.score_batch_size
+        at most ``budget`` padded tokens (rows grouped by length)."""
+        size = self.hparams.score_batch_size
         if budget is None:
             return [list(range(start, min(start + size, len(rollout)))) for start in range(0, len(rollout), size)]
         return token_budget_groups([row_length(t, rollout.mode) for t in rollout.transitions], budget, max_rows=size)
@@ -522,19 +558,44 @@ class PaWModule(L.LightningModule):
 
     # ----- training -----------------------------------------------------------------------------
     def training_step(self, batch: dict, batch_idx: int) -> Tensor:
-        """One optimiser step on one mini-batch, in micro-batches of ``max_tokens_per_micro_batch`` tokens.
+        """One optimiser step on one mini-batch, in micro-batches of the budget in force (``micro_budget``).
 
-        Every micro-batch but the last is back-propagated here (inside DDP's forward, so DDP does not
-        sync it: its gradient accumulates locally); the last one's loss is returned for Lightning's
-        backward, which syncs the accumulated gradient once. The returned tensor's value is the whole
-        mini-batch's loss. Each term divides by mini-batch-wide counts (``BatchTotals``), so the
-        micro-batches' losses and logs add up to the unsplit step's."""
+        Every micro-batch is back-propagated here, where DDP does not sync (inside its forward), so the
+        gradient accumulates locally; the returned tensor carries the whole mini-batch's loss value and a zero
+        whose backward (Lightning's) is DDP's one gradient all-reduce. So an update that runs out of memory
+        can be redone whole with half the budget (``run_with_oom_retry``), from the same gradients and RNG,
+        whatever micro-batch failed. Each term divides by mini-batch-wide counts (``BatchTotals``), so the
+        micro-batches' losses and logs add up to the unsplit step's. (FSDP and fp16 loss scaling keep the
+        last micro-batch's backward for Lightning; the step is then retried only up to that backward.)"""
         if self._trainer is not None and batch_idx % self._accumulation() == 0:
             self.zero_grad()  # a new accumulation window: the module zeroes, not Lightning (optimizer_zero_grad)
+        if self._plan_pending:
+            self._plan_memory(batch)
+        if self.device.type == "cuda":
+            torch.cuda.reset_peak_memory_stats(self.device)
         totals = BatchTotals.of(batch)
-        micros = micro_batches(batch, self.hparams.max_tokens_per_micro_batch)
+        attempt = functools.partial(self._micro_steps, batch, totals)
+        if self._fp16_scaler():  # the loss scaler sees one backward: no split, no retry
+            (loss, parts, micros), retries = attempt(self.micro_budget), 0
+        else:
+            lengths = batch["attention_mask"].sum(dim=1).tolist()
+            (loss, parts, micros), self.micro_budget, retries = run_with_oom_retry(
+                attempt, self.micro_budget, lengths, self._step_restorer(), self.device)
+        self.oom_retries += retries
+        self._agree_on_budget()
+        for micro in micros:
+            self._count_learner_tokens(micro)
+        self._log_step(parts, totals, loss)
+        self.log_dict(self._memory_logs(), on_step=True, on_epoch=False, batch_size=totals.rows)
+        return loss
+
+    def _micro_steps(self, batch: dict, totals: BatchTotals, budget: int | None) -> tuple[Tensor, dict[str, Tensor], list[dict]]:
+        """Forward and backward of every micro-batch of ``batch`` at ``budget``: (the value to return to
+        Lightning, the summed logs, the micro-batches)."""
+        micros = micro_batches(batch, budget)
+        backward_all = self._backward_in_step()
         parts: dict[str, Tensor] = {}
-        earlier = None
+        value = last = None
         measure = self._grad_terms_step()
         for i, micro in enumerate(micros):
             rl_loss, wm_loss, logs = self.loss_terms(micro, totals)
@@ -542,17 +603,139 @@ class PaWModule(L.LightningModule):
             if measure:
                 self._add_wm_grads(wm_loss)
             self._loss_finite = torch.isfinite(loss.detach()) & self._loss_finite  # read at the optimiser step (no sync here)
-            for key, value in logs.items():  # shares add up; the critic's values and targets are joined
-                value = value.detach()
-                parts[key] = value if key not in parts else torch.cat([parts[key], value]) if key in JOINED else parts[key] + value
-            self._count_learner_tokens(micro)
-            if i < len(micros) - 1:
+            for key, part in logs.items():  # shares add up; the critic's values and targets are joined
+                part = part.detach()
+                parts[key] = part if key not in parts else torch.cat([parts[key], part]) if key in JOINED else parts[key] + part
+            if backward_all or i < len(micros) - 1:
                 (loss / self._accumulation()).backward()
-                earlier = loss.detach() if earlier is None else earlier + loss.detach()
-        if earlier is not None:
-            loss = loss + earlier  # the mini-batch's value; only the last micro-batch's graph is left
-        self._log_step(parts, totals, loss)
-        return loss
+                value = loss.detach() if value is None else value + loss.detach()
+            else:
+                last = loss
+        if last is not None:  # Lightning back-propagates the last micro-batch; the value is the mini-batch's
+            return (last if value is None else last + value), parts, micros
+        return value + self._sync_tie(), parts, micros
+
+    def _backward_in_step(self) -> bool:
+        """Whether ``training_step`` back-propagates every micro-batch itself: under a trainer, but not under
+        FSDP (its reduce-scatter runs in each backward) nor fp16 loss scaling. Without a trainer (tests,
+        benchmarks) the caller back-propagates the returned loss, as Lightning's backward would."""
+        return self._trainer is not None and not (isinstance(self.trainer.strategy, FSDPStrategy) or self._fp16_scaler())
+
+    def _fp16_scaler(self) -> bool:
+        precision = str(self.trainer.precision) if self._trainer is not None else ""
+        return "16" in precision and "bf16" not in precision
+
+    def _sync_tie(self) -> Tensor:
+        """A zero for Lightning's backward: under DDP it reaches every trainable weight, so that backward is
+        DDP's gradient all-reduce of what the micro-batches accumulated; otherwise a lone leaf (no work)."""
+        if self._trainer is not None and isinstance(self.trainer.strategy, DDPStrategy):
+            return torch.stack([p.reshape(-1)[0] for p in self._trainable()]).sum() * 0.0
+        return torch.zeros((), device=self.device, requires_grad=True)
+
+    def _step_restorer(self):
+        """What puts the step's starting state back before an out-of-memory retry: the gradients (zero, or
+        those of the accumulation window's earlier batches), the RNG and the per-step records."""
+        params = self._trainable()
+        window = [None if p.grad is None else p.grad.detach().clone() for p in params] \
+            if any(p.grad is not None for p in params) else None
+        cpu_rng = torch.get_rng_state()
+        cuda_rng = torch.cuda.get_rng_state(self.device) if self.device.type == "cuda" else None
+        wm_grads, loss_finite = self._wm_grads, self._loss_finite
+
+        def restore() -> None:
+            for i, p in enumerate(params):
+                p.grad = None if window is None or window[i] is None else window[i].clone()
+            torch.set_rng_state(cpu_rng)
+            if cuda_rng is not None:
+                torch.cuda.set_rng_state(cuda_rng, self.device)
+            self._wm_grads, self._loss_finite = wm_grads, loss_finite
+
+        return restore
+
+    def _agree_on_budget(self) -> None:
+        """With several processes, after every step all adopt the smallest budget in force, so a retry on one
+        process (its own memory ran out) shrinks every process's next steps alike. Correctness does not need
+        it: micro-batches never communicate, so the processes may take different numbers of them."""
+        ranks = self.ranks
+        if not ranks.distributed:
+            return
+        budgets = [b for b in ranks.all_gather_object(self.micro_budget) if b is not None]
+        self.micro_budget = min(budgets) if budgets else None
+
+    def _memory_logs(self) -> dict[str, float]:
+        """``perf/`` memory figures of this step: the budget in force (0 = the whole mini-batch at once),
+        checkpointing, out-of-memory retries so far, and on a GPU the step's peak allocated GB."""
+        logs = {"perf/micro_batch_budget": float(self.micro_budget or 0), "perf/oom_retries": float(self.oom_retries),
+                "perf/gradient_checkpointing": float(is_checkpointing(self.model))} | self._plan_logs
+        if self.device.type == "cuda":
+            logs["perf/peak_memory_gb"] = torch.cuda.max_memory_allocated(self.device) / 1024**3
+        return logs
+
+    # ----- the memory planner (memory.py) ---------------------------------------------------------
+    def _plan_memory(self, batch: dict) -> None:
+        """Resolve ``auto`` once, at the first update: on a GPU by two probe updates per checkpointing
+        setting it needs (synthetic rows of the run's longest row), on a CPU as off / whole mini-batch.
+        With several processes every one takes the most frugal plan (checkpointing if any needs it, the
+        smallest budget)."""
+        self._plan_pending = False
+        hp = self.hparams
+        ckpt, budget = hp.gradient_checkpointing, hp.max_tokens_per_micro_batch
+        if self.device.type == "cuda":
+            plan = self._probe_plan(batch)
+        else:
+            plan = MemoryPlan(ckpt is True, None if budget == AUTO else budget,
+                              "CPU: auto is no checkpointing and the whole mini-batch (an out-of-memory error halves the budget)")
+        if self.ranks.distributed:
+            plans = self.ranks.all_gather_object(plan)
+            budgets = [p.max_tokens_per_micro_batch for p in plans if p.max_tokens_per_micro_batch is not None]
+            plan = MemoryPlan(any(p.gradient_checkpointing for p in plans), min(budgets) if budgets else None, plan.reason)
+        set_gradient_checkpointing(self.model, plan.gradient_checkpointing)
+        self.micro_budget = plan.max_tokens_per_micro_batch
+        rank_zero_info(f"paw memory plan: gradient checkpointing {'on' if plan.gradient_checkpointing else 'off'}, "
+                       f"micro-batch budget {plan.max_tokens_per_micro_batch or 'none (whole mini-batch)'}: {plan.reason}")
+
+    def _probe_plan(self, batch: dict) -> MemoryPlan:
+        hp = self.hparams
+        data = getattr(getattr(self._trainer, "datamodule", None), "hparams", None) if self._trainer is not None else None
+        longest = int(batch["attention_mask"].sum(dim=1).max())
+        if data is not None:
+            prompt, action, obs = data.max_prompt_tokens, data.max_new_tokens, data.max_obs_tokens * hp.wm_horizon
+            row_tokens, rows = max(prompt + action + obs, longest), max(data.mini_batch_size, len(batch["chosen"]))
+        else:
+            row_tokens, rows = longest, len(batch["chosen"])
+            prompt, action, obs = row_tokens // 2, row_tokens // 4, row_tokens - row_tokens // 2 - row_tokens // 4
+        prompt += row_tokens - (prompt + action + obs)  # a longer real row: its extra length goes to the prompt
+        usable = usable_cuda_memory(self.device)
+        lines: dict[bool, MemoryLine] = {}
+        for ckpt in ([False, True] if hp.gradient_checkpointing == AUTO else [bool(hp.gradient_checkpointing)]):
+            lines[ckpt] = self._probe_line(ckpt, prompt, action, obs)
+            if lines[ckpt].peak(rows * row_tokens) <= usable:
+                break
+        self._plan_logs = {"perf/plan_usable_gb": usable / 1024**3}
+        return choose_plan(usable, rows * row_tokens, row_tokens, lines, hp.gradient_checkpointing, hp.max_tokens_per_micro_batch)
+
+    def _probe_line(self, checkpointing: bool, prompt: int, action: int, obs: int) -> MemoryLine:
+        """The measured memory line of one setting (a probe that runs out of memory: a line that fits nothing)."""
+        set_gradient_checkpointing(self.model, checkpointing)
+
+        def update(rows: int) -> None:
+            probe = self._to_device(probe_batch(rows, prompt, action, obs, self.tokenizer.pad_token_id, len(self.tokenizer),
+                                                self.hparams.kl_coef > 0, self.value_head is not None))
+            with torch.random.fork_rng(devices=[self.device]):
+                rl_loss, wm_loss, _ = self.loss_terms(probe)
+                (rl_loss if wm_loss is None else rl_loss + wm_loss).backward()
+            for p in self._trainable():
+                p.grad = None
+
+        try:
+            return probe_memory_line(update, prompt + action + obs, functools.partial(cuda_peak, device=self.device))
+        except Exception as err:  # noqa: BLE001
+            if not is_oom(err):
+                raise
+        for p in self._trainable():
+            p.grad = None
+        torch.cuda.empty_cache()
+        return MemoryLine(float("inf"), 0.0)
 
     def optimizer_zero_grad(self, epoch: int, batch_idx: int, optimizer) -> None:
         """Zero nothing here. Lightning calls this hook after ``training_step`` and before its backward, which
@@ -664,7 +847,7 @@ class PaWModule(L.LightningModule):
         correct = total = 0
         heldout = copy.copy(rollout)
         self._build_wm_targets(heldout, horizon=1)  # o_{t+1} alone, framed as in training
-        for rows in self._scoring_chunks(heldout):
+        for rows in self._scoring_chunks(heldout, self.micro_budget):
             batch = self._to_device(collate([heldout.transitions[i] for i in rows], heldout.mode, self.tokenizer.pad_token_id))
             hidden = trunk_hidden(trunk, batch)
             obs_mask = batch["obs_mask"]
@@ -833,12 +1016,17 @@ class PaWModule(L.LightningModule):
             )
         checkpoint["paw_elapsed_s"] = self.elapsed_s
         checkpoint["paw_skipped_steps"] = self.skipped_steps
+        checkpoint["paw_memory"] = {"micro_budget": self.micro_budget, "oom_retries": self.oom_retries}
         if self.hparams.model_name == TINY:
             checkpoint["paw_tokenizer_json"] = self.tokenizer.backend_tokenizer.to_str()
 
     def on_load_checkpoint(self, checkpoint: dict) -> None:
         self.elapsed_s = float(checkpoint.get("paw_elapsed_s", 0.0))
         self.skipped_steps = int(checkpoint.get("paw_skipped_steps", 0))
+        memory = checkpoint.get("paw_memory", {})
+        self.oom_retries = int(memory.get("oom_retries", 0))
+        if "micro_budget" in memory and not self._plan_pending:  # auto plans again; a retry's halving is kept
+            self.micro_budget = memory["micro_budget"]
         saved = checkpoint.get("paw_tokenizer_json")
         if saved is not None and saved != self.tokenizer.backend_tokenizer.to_str():
             from paw_lightning.models import build_tiny_tokenizer

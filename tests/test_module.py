@@ -158,8 +158,9 @@ def test_qlora_module_trains_with_the_packed_score_actor():
     module = quiet(PaWModule(lr=1e-3, lora_rank=4, quantize="bnb.nf4", kl_coef=0.01))
     rollout = rollout_for(module, ScoreActor(), num_groups=1, group_size=2, max_steps=2)
     # old log-probs come from the packed candidate rows, ref ones from the scoring pass: other batch shapes,
-    # so the sums may round differently (2.4e-7 on AVX512 CPUs); a wrong candidate or mask is off by far more
-    assert all(torch.allclose(o, r, rtol=0, atol=1e-5) for o, r in zip(rollout.old_logprobs, rollout.ref_logprobs))
+    # so the sums round differently, and QLoRA computes in bf16 (no fp32 upcast; 1.1e-3 seen on a log-prob of
+    # -0.8, within bf16's 2^-8 relative step); a wrong candidate or mask is off by far more
+    assert all(torch.allclose(o, r, rtol=0, atol=5e-3) for o, r in zip(rollout.old_logprobs, rollout.ref_logprobs))
     loss = module.training_step(one_batch(module, rollout), 0)
     loss.backward()
     assert torch.isfinite(loss)
@@ -287,15 +288,18 @@ class Snapshots(L.Callback):
 
 def nan_loss_on(module, steps):
     """Make the loss of the given training steps (counted from 0) NaN: a NaN forward, hence NaN gradients."""
-    original = module.training_step
+    original_step, original_terms = module.training_step, module.loss_terms
     calls = []
 
     def training_step(batch, batch_idx):
-        loss = original(batch, batch_idx)
         calls.append(len(calls))
-        return loss * float("nan") if calls[-1] in steps else loss
+        return original_step(batch, batch_idx)
 
-    module.training_step = training_step
+    def loss_terms(batch, totals=None):
+        rl_loss, wm_loss, logs = original_terms(batch, totals)
+        return (rl_loss * float("nan") if calls[-1] in steps else rl_loss), wm_loss, logs
+
+    module.training_step, module.loss_terms = training_step, loss_terms
 
 
 def metric_column(log_dir, name):
@@ -596,14 +600,16 @@ def test_one_mini_batch_gives_the_same_step_whole_row_by_row_and_under_a_token_b
     widths = batch["attention_mask"].sum(1)
     for budget in (1, int(widths.max()) * 2):
         assert len(micro_batches(batch, budget)) > 1
-        module.hparams.max_tokens_per_micro_batch = budget
+        module.micro_budget = budget
         grads, logs = step_result(module, batch)
         assert logs.keys() == whole_logs.keys()
+        logs = dict(logs)
+        assert logs.pop("perf/micro_batch_budget") == budget and whole_logs["perf/micro_batch_budget"] == 0  # 0: whole
         for key in logs:
             assert logs[key] == pytest.approx(whole_logs[key], rel=1e-4, abs=1e-6), key
         for a, b in zip(whole_grads, grads):
             assert torch.allclose(a, b, atol=1e-6, rtol=1e-4)
-    module.hparams.max_tokens_per_micro_batch = None
+    module.micro_budget = None
 
 
 def test_through_lightnings_loop_every_micro_batch_reaches_the_optimiser_step(tmp_path):
@@ -635,12 +641,12 @@ def test_through_lightnings_loop_every_micro_batch_reaches_the_optimiser_step(tm
     kept = {}
     for budget in (None, 1):
         module.load_state_dict(start)
-        module.hparams.max_tokens_per_micro_batch = budget
+        module.micro_budget = budget
         kept[budget] = KeepGradients()
         trainer = L.Trainer(max_steps=2, accelerator="cpu", logger=False, enable_checkpointing=False, enable_progress_bar=False,
                             enable_model_summary=False, callbacks=[kept[budget]], default_root_dir=tmp_path)
         trainer.fit(module, train_dataloaders=DataLoader([batch, batch], batch_size=None))
-    module.hparams.max_tokens_per_micro_batch = None
+    module.micro_budget = None
     for step in range(2):
         for a, b in zip(kept[None].grads[step], kept[1].grads[step]):
             assert torch.allclose(a, b, atol=1e-6, rtol=1e-4)
@@ -667,7 +673,7 @@ def test_scoring_passes_keep_to_the_budget_and_give_the_same_numbers():
     seen = []
     original = module._policy_units
     module._policy_units = lambda model, hidden, batch: seen.append(batch["input_ids"].numel()) or original(model, hidden, batch)
-    module.hparams.max_tokens_per_micro_batch = 120
+    module.micro_budget = 120  # the budget in force (the constructor's, the planner's or a retry's)
     split = module._score_pass(rollout, policy=True, reference=True, values=False)
     longest = max(int(collate_of(module, rollout)["attention_mask"].sum(1).max()), 1)
     assert len(seen) > 2 and max(seen) <= max(120, longest)

@@ -187,6 +187,10 @@ def __getattr__(name: str):
         from tests.envs.episode_dump import EpisodeDump
 
         return EpisodeDump
+    if name == "FakeOutOfMemory":
+        from tests.envs.fake_oom import FakeOutOfMemory
+
+        return FakeOutOfMemory
     raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
 
 
