@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import functools
 import inspect
+import logging
 import os
 from typing import Any, Literal
 
@@ -40,6 +41,8 @@ from paw_lightning.rollout.collector import Collector
 from paw_lightning.rollout.env_workers import make_text_env  # noqa: F401 - importable from here as before
 from paw_lightning.rollout.prompts import PromptBuilder, resolve_template
 from paw_lightning.rollout.stopping import GracefulStop
+
+log = logging.getLogger(__name__)
 
 
 def usable_cores() -> int:
@@ -304,12 +307,17 @@ class RolloutDataModule(L.LightningDataModule):
         hp = self.hparams
         if resolve_engine(hp.engine, hp.actor) == "hf":
             return HFEngine(module.model, module.tokenizer)
-        from paw_lightning.rollout.vllm_engine import VLLMEngine, VLLMSettings, resolve_lora_sync
+        from paw_lightning.rollout.vllm_engine import VLLMEngine, VLLMSettings, on_gpu, resolve_lora_sync
 
         mp, trainer = module.hparams, self.trainer
         lora_sync = resolve_lora_sync(hp.vllm_lora_sync, mp.lora_rank)
-        if lora_sync == "adapter" and hp.actor == "score" and not torch.cuda.is_available():
+        if lora_sync == "adapter" and hp.actor == "score" and not on_gpu():
             raise ValueError("vLLM cannot score with a LoRA adapter on CPU; set data.vllm_lora_sync: merged (or auto)")
+        if lora_sync == "adapter" and getattr(mp, "quantize", None):
+            # vLLM serves the adapter on the bf16 base while the trainer's base is nf4: the rollout policy
+            # differs from the trained one by the quantisation error (rollout/engine_logprob_gap shows it).
+            log.warning("QLoRA with data.vllm_lora_sync: adapter: vLLM samples with the bf16 base, the trainer uses nf4; "
+                        "data.vllm_lora_sync: merged serves the de-quantised nf4 weights instead")
         settings = VLLMSettings(
             folder=self._serving_folder(module),
             dtype=hp.vllm_dtype,
@@ -324,6 +332,7 @@ class RolloutDataModule(L.LightningDataModule):
             rank=trainer.global_rank,
             local_rank=trainer.local_rank,
             world_size=trainer.world_size,
+            device=str(trainer.strategy.root_device),
         )
         return VLLMEngine(settings, module.tokenizer)
 
