@@ -174,15 +174,18 @@ class RolloutDataModule(L.LightningDataModule):
             vLLM engine in this process, synced once per iteration; with several processes, one per
             process) or ``auto`` (vLLM for the generate actor when it is installed; HF for the score
             actor, whose exact log-probs the trainer reuses).
-        vllm_dtype: the vLLM engine's weights dtype (bfloat16 is the fast one; float32 matches the trainer).
+        vllm_dtype: the vLLM engine's weights dtype (bfloat16 is the fast one; float32 matches the trainer;
+            GPUs below compute capability 8.0, e.g. T4 and V100, need float16).
         vllm_max_model_len: longest prompt + response vLLM serves (default: max_prompt_tokens + max_new_tokens + 64).
         vllm_kv_cache_gib: CPU: memory for each process's vLLM KV cache (vLLM reads a whole number of GiB).
         vllm_gpu_memory_utilization: GPU: the share of its own GPU that each process's vLLM engine may
             take (one engine per GPU: the share is per device, not split over them); the trainer needs the rest.
         vllm_lora_sync: with LoRA, push ``merged`` weights (W + BA) or serve the ``adapter`` as a LoRA
-            request; ``auto``: merged on CPU (faster there), adapter on GPU.
+            request (at the next rank vLLM accepts, e.g. 12 -> 16); ``auto``: merged on CPU (faster
+            there), adapter on GPU.
         vllm_sleep: GPU: put vLLM to sleep during the update, freeing its memory for training (every
-            process's engine sleeps and wakes on its own GPU; no collective).
+            process's engine sleeps and wakes on its own GPU; no collective; merged weights are pushed
+            again after the sleep, which drops them).
     """
 
     def __init__(
