@@ -11,7 +11,8 @@ weights changed (every process pushes its own copy of them to its own engine):
 - full fine-tuning, or LoRA with ``lora_sync: merged``: the trainer's weights (W + s * B A merged
   outside the trainer, 4-bit bases de-quantised) are pushed with vLLM's in-place ``reload_weights``;
 - LoRA with ``lora_sync: adapter``: the adapter is saved and served as a new ``LoRARequest`` (a new id
-  each time: a reused id serves the stale adapter); the engine keeps the base in bf16, so QLoRA works.
+  each time: a reused id serves the stale adapter); the engine keeps the base in bf16, so QLoRA works,
+  though it then samples with the bf16 base while the trainer's is nf4 (a warning at build says so).
 
 Either way the prefix cache is reset afterwards: stale cached KV blocks would otherwise be reused.
 ``auto`` picks ``merged`` on CPU (adapter serving was 2.5-10x slower there and its prompt log-probs
