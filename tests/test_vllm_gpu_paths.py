@@ -271,3 +271,29 @@ def test_versions_parse():
     from paw_lightning.rollout.vllm_compat import parse_version
 
     assert parse_version("0.16.1rc1") == (0, 16, 1) and parse_version("0.32.0+cpu") == (0, 32, 0) and parse_version("1.0") == (1, 0, 0)
+
+
+def test_a_vllm_newer_than_the_range_read_builds_with_a_warning(monkeypatch, fresh_api_check, caplog):
+    import vllm
+
+    monkeypatch.setattr(vllm, "__version__", "0.40.0")
+    with caplog.at_level(logging.WARNING, logger="paw_lightning.rollout.vllm_compat"):
+        fresh_api_check.check_vllm_api()
+    assert "vLLM 0.40.0 is newer than the newest version this engine was checked against (0.34)" in caplog.text
+
+
+def test_a_failed_wake_still_shuts_the_engine_down(gpu, caplog):
+    from paw_lightning.rollout import vllm_shared
+
+    eng = engine()
+    eng.sync(nn.Linear(3, 2))
+    rollout(eng)
+    llm = FakeLLM.built[-1]
+
+    def out_of_memory(tags=None):
+        raise RuntimeError("CUDA out of memory")
+
+    llm.wake_up, llm.level = out_of_memory, 0  # the fake then lets the shutdown through
+    with caplog.at_level(logging.WARNING, logger="paw_lightning.rollout.vllm_shared"):
+        vllm_shared.shutdown()
+    assert llm.calls[-1] == ("shutdown",) and "could not wake" in caplog.text and not vllm_shared._LIVE

@@ -77,7 +77,8 @@ def check_vllm_api() -> None:
     if parse_version(version) < MIN_VERSION:
         missing.append(f"version >= {'.'.join(map(str, MIN_VERSION))}")
     runners = _runner_classes()
-    if not runners or not all(_takes(r.reload_weights, "weights_iterator", "is_checkpoint_format") for r in runners):
+    newer = parse_version(version)[:2] > NEWEST_READ
+    if not all(_takes(r.reload_weights, "weights_iterator", "is_checkpoint_format") for r in runners) or not (runners or newer):
         missing.append("reload_weights(weights_iterator=..., is_checkpoint_format=...)")
     if not _takes(vllm.SamplingParams, "skip_reading_prefix_cache", "seed"):
         missing.append("SamplingParams(skip_reading_prefix_cache=..., seed=...)")
@@ -88,8 +89,9 @@ def check_vllm_api() -> None:
             f"vLLM {version} lacks what the rollout engine needs ({'; '.join(missing)}): "
             f"paw-lightning needs vLLM >= 0.16 (`{INSTALL}`), or use data.engine: hf"
         )
-    if parse_version(version)[:2] > NEWEST_READ:
-        log.warning("vLLM %s is newer than the newest version this engine was checked against (%s)", version, "0.34")
+    if newer:
+        log.warning("vLLM %s is newer than the newest version this engine was checked against (0.34)%s", version,
+                    "" if runners else "; its model runners were not found, so reload_weights was not checked")
 
 
 def lora_ranks() -> tuple[int, ...]:

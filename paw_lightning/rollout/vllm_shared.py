@@ -198,7 +198,10 @@ def shutdown() -> None:
     group, and ``del llm`` alone frees nothing (vLLM froze the garbage collector after start-up).
     """
     if _LIVE.get("llm") is not None:
-        wake()  # shutting a sleeping engine down gives CUDA driver errors (vLLM issue #36651)
+        try:
+            wake()  # shutting a sleeping engine down gives CUDA driver errors (vLLM issue #36651)
+        except Exception as err:  # noqa: BLE001 - e.g. out of memory after a failed fit: shut it down anyway
+            log.warning("could not wake the sleeping vLLM engine before its shutdown: %r", err)
     llm = _LIVE.pop("llm", None)
     owns_group = _LIVE.pop("owns_group", True)
     for key in ("settings", "sleep_level", "weights_valid", "woken"):
