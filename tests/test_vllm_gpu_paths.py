@@ -205,7 +205,9 @@ def test_lora_ranks_are_rounded_up_to_one_vllm_accepts(gpu, caplog, rank, served
     kwargs = FakeLLM.built[-1].kwargs
     assert kwargs["max_lora_rank"] == served
     assert LoRAConfig(max_lora_rank=kwargs["max_lora_rank"], max_loras=1).max_lora_rank == served  # the installed vLLM accepts it
-    assert f"rank-{rank} LoRA adapter with max_lora_rank {served}" in caplog.text
+    [record] = [r for r in caplog.records if "LoRA adapter with max_lora_rank" in r.message]
+    assert f"rank-{rank} LoRA adapter with max_lora_rank {served}" in record.message
+    assert record.levelno == (logging.INFO if rank == served else logging.WARNING)
 
 
 def test_a_rank_over_vllms_largest_says_what_to_do(gpu):

@@ -171,8 +171,10 @@ def shared_llm(settings: VLLMSettings):
     from vllm import LLM
 
     kwargs = engine_kwargs(settings)
-    if settings.lora_sync == "adapter":
-        log.info("vLLM serves the rank-%d LoRA adapter with max_lora_rank %d", settings.lora_rank, kwargs["max_lora_rank"])
+    if settings.lora_sync == "adapter":  # a warning when rounded up: vLLM has no max_lora_rank of the adapter's own
+        served = kwargs["max_lora_rank"]
+        log.log(logging.INFO if served == settings.lora_rank else logging.WARNING,
+                "vLLM serves the rank-%d LoRA adapter with max_lora_rank %d", settings.lora_rank, served)
     owns_group = not torch.distributed.is_initialized()  # with none, vLLM makes a one-process group
     # Creating the engine re-seeds torch's global RNG and (on a GPU) switches the current device;
     # keep the run's RNG stream and device as they were.
