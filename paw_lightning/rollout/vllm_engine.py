@@ -86,10 +86,6 @@ class VLLMEngine(RolloutEngine):
         self._model: nn.Module | None = None  # the model last synced: its weights are pushed again after a level-2 sleep
         self._adapter_dir = tempfile.TemporaryDirectory(prefix="paw-vllm-adapters-")
 
-    @property
-    def asleep(self) -> bool:
-        return sleep_level() > 0
-
     # ----- weights ------------------------------------------------------------------------------
     def sync(self, model: nn.Module) -> None:
         self.syncs += 1
