@@ -80,7 +80,7 @@ def main() -> int:
     import vllm
 
     from paw_lightning.rollout import vllm_shared
-    from paw_lightning.rollout.vllm_engine import VLLMEngine, VLLMSettings
+    from paw_lightning.rollout.vllm_engine import VLLMEngine, VLLMSettings, engine_kwargs
 
     gpu = vllm_shared.on_gpu()
     print(json.dumps({"vllm": vllm.__version__, "gpu_platform": gpu, "device": args.device,
@@ -110,7 +110,7 @@ def main() -> int:
     start = time.perf_counter()
     engine = VLLMEngine(settings(lora_sync="adapter", lora_rank=12), tokenizer)
     report("build: sleep mode and a rank-12 adapter", True, seconds=round(time.perf_counter() - start, 1),
-           max_lora_rank=engine.llm.llm_engine.vllm_config.lora_config.max_lora_rank, model_runner=model_runner(engine.llm))
+           max_lora_rank=engine_kwargs(engine.settings)["max_lora_rank"], model_runner=model_runner(engine.llm))
     engine.sync(lora)
     before = ids(engine)
     level = vllm_shared.sleep_level()
