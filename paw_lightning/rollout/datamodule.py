@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import functools
 import inspect
+import logging
 import os
 from typing import Any, Literal
 
@@ -40,6 +41,8 @@ from paw_lightning.rollout.collector import Collector
 from paw_lightning.rollout.env_workers import make_text_env  # noqa: F401 - importable from here as before
 from paw_lightning.rollout.prompts import PromptBuilder, resolve_template
 from paw_lightning.rollout.stopping import GracefulStop
+
+log = logging.getLogger(__name__)
 
 
 def usable_cores() -> int:
@@ -171,15 +174,18 @@ class RolloutDataModule(L.LightningDataModule):
             vLLM engine in this process, synced once per iteration; with several processes, one per
             process) or ``auto`` (vLLM for the generate actor when it is installed; HF for the score
             actor, whose exact log-probs the trainer reuses).
-        vllm_dtype: the vLLM engine's weights dtype (bfloat16 is the fast one; float32 matches the trainer).
+        vllm_dtype: the vLLM engine's weights dtype (bfloat16 is the fast one; float32 matches the trainer;
+            GPUs below compute capability 8.0, e.g. T4 and V100, need float16).
         vllm_max_model_len: longest prompt + response vLLM serves (default: max_prompt_tokens + max_new_tokens + 64).
         vllm_kv_cache_gib: CPU: memory for each process's vLLM KV cache (vLLM reads a whole number of GiB).
         vllm_gpu_memory_utilization: GPU: the share of its own GPU that each process's vLLM engine may
             take (one engine per GPU: the share is per device, not split over them); the trainer needs the rest.
         vllm_lora_sync: with LoRA, push ``merged`` weights (W + BA) or serve the ``adapter`` as a LoRA
-            request; ``auto``: merged on CPU (faster there), adapter on GPU.
+            request (at the next rank vLLM accepts, e.g. 12 -> 16); ``auto``: merged on CPU (faster
+            there), adapter on GPU.
         vllm_sleep: GPU: put vLLM to sleep during the update, freeing its memory for training (every
-            process's engine sleeps and wakes on its own GPU; no collective).
+            process's engine sleeps and wakes on its own GPU; no collective; merged weights are pushed
+            again after the sleep, which drops them).
     """
 
     def __init__(
@@ -304,12 +310,17 @@ class RolloutDataModule(L.LightningDataModule):
         hp = self.hparams
         if resolve_engine(hp.engine, hp.actor) == "hf":
             return HFEngine(module.model, module.tokenizer)
-        from paw_lightning.rollout.vllm_engine import VLLMEngine, VLLMSettings, resolve_lora_sync
+        from paw_lightning.rollout.vllm_engine import VLLMEngine, VLLMSettings, on_gpu, resolve_lora_sync
 
         mp, trainer = module.hparams, self.trainer
         lora_sync = resolve_lora_sync(hp.vllm_lora_sync, mp.lora_rank)
-        if lora_sync == "adapter" and hp.actor == "score" and not torch.cuda.is_available():
+        if lora_sync == "adapter" and hp.actor == "score" and not on_gpu():
             raise ValueError("vLLM cannot score with a LoRA adapter on CPU; set data.vllm_lora_sync: merged (or auto)")
+        if lora_sync == "adapter" and getattr(mp, "quantize", None):
+            # vLLM serves the adapter on the bf16 base while the trainer's base is nf4: the rollout policy
+            # differs from the trained one by the quantisation error (rollout/engine_logprob_gap shows it).
+            log.warning("QLoRA with data.vllm_lora_sync: adapter: vLLM samples with the bf16 base, the trainer uses nf4; "
+                        "data.vllm_lora_sync: merged serves the de-quantised nf4 weights instead")
         settings = VLLMSettings(
             folder=self._serving_folder(module),
             dtype=hp.vllm_dtype,
@@ -324,6 +335,7 @@ class RolloutDataModule(L.LightningDataModule):
             rank=trainer.global_rank,
             local_rank=trainer.local_rank,
             world_size=trainer.world_size,
+            device=str(trainer.strategy.root_device),
         )
         return VLLMEngine(settings, module.tokenizer)
 
