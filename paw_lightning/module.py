@@ -302,7 +302,8 @@ class PaWModule(L.LightningModule):
         self.micro_budget: int | None = None if max_tokens_per_micro_batch == AUTO else max_tokens_per_micro_batch
         self._plan_pending = AUTO in (max_tokens_per_micro_batch, gradient_checkpointing)
         self._plan_logs: dict[str, float] = {}
-        self.oom_retries = 0  # updates and scoring passes redone with a halved budget, kept across resumes
+        self.oom_retries = 0  # updates and scoring passes redone with a halved budget (every process's), kept across resumes
+        self._new_retries = 0  # this process's retries not yet counted into oom_retries (_agree_on_budget)
         self.uses_lora = lora_rank > 0
         self.ref_model = None
         if kl_coef > 0 and not self.uses_lora:
@@ -471,7 +472,7 @@ class PaWModule(L.LightningModule):
         lengths = [row_length(t, rollout.mode) for t in rollout.transitions]
         attempt = functools.partial(self._score_chunks, rollout, policy, reference, values)
         found, _, retries = run_with_oom_retry(attempt, self.micro_budget, lengths, lambda: None, self.device)
-        self.oom_retries += retries
+        self._new_retries += retries
         self.model.train(was_training)
         return {key: [part[i] for i in sorted(part)] for key, part in found.items()}
 
@@ -581,7 +582,7 @@ class PaWModule(L.LightningModule):
             lengths = batch["attention_mask"].sum(dim=1).tolist()
             (loss, parts, micros), self.micro_budget, retries = run_with_oom_retry(
                 attempt, self.micro_budget, lengths, self._step_restorer(), self.device)
-        self.oom_retries += retries
+        self._new_retries += retries
         self._agree_on_budget()
         for micro in micros:
             self._count_learner_tokens(micro)
@@ -653,14 +654,19 @@ class PaWModule(L.LightningModule):
         return restore
 
     def _agree_on_budget(self) -> None:
-        """With several processes, after every step all adopt the smallest budget in force, so a retry on one
-        process (its own memory ran out) shrinks every process's next steps alike. Correctness does not need
-        it: micro-batches never communicate, so the processes may take different numbers of them."""
-        ranks = self.ranks
+        """Count the retries since the last step (with several processes: every process's) into ``oom_retries``;
+        with several processes all then adopt the smallest budget in force, so a retry on one process (its own
+        memory ran out) shrinks every process's next steps alike. Correctness does not need it: micro-batches
+        never communicate, so the processes may take different numbers of them."""
+        ranks, new = self.ranks, self._new_retries
+        self._new_retries = 0
         if not ranks.distributed:
+            self.oom_retries += new
             return
-        budgets = [b for b in ranks.all_gather_object(self.micro_budget) if b is not None]
+        gathered = ranks.all_gather_object((self.micro_budget, new))
+        budgets = [b for b, _ in gathered if b is not None]
         self.micro_budget = min(budgets) if budgets else None
+        self.oom_retries += sum(n for _, n in gathered)
 
     def _memory_logs(self) -> dict[str, float]:
         """``perf/`` memory figures of this step: the budget in force (0 = the whole mini-batch at once),

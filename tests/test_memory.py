@@ -215,7 +215,7 @@ def test_a_scoring_pass_that_runs_out_of_memory_gives_the_same_numbers():
 
     module._policy_units = policy_units
     retried = module._score_pass(rollout, policy=True, reference=True, values=False)
-    assert module.oom_retries >= 1
+    assert module._new_retries >= 1  # counted into oom_retries at the next step
     for key in ("old", "ref", "entropy"):
         assert all(torch.allclose(a, b, atol=1e-5) for a, b in zip(whole[key], retried[key])), key
 
