@@ -11,11 +11,11 @@ context in which an env builds its engine: that Java first on ``PATH``, and ``-X
 with an authenticated py4j gateway: left to themselves, both packages start a gateway that anyone on the
 machine can connect to on 127.0.0.1 and use to run any command as the training user. Here the JVM makes a
 random token (py4j's ``--enable-auth``) and hands it to this process over its stdout pipe, never on a command
-line or in a file; the JVM's gateway port (bound to 127.0.0.1) answers only a client that sends it. The
-callback server that both packages open in this process (a port on which the JVM could call back into
-Python; neither package ever does) gets the token too and is shut once the simulator is up, so the env
-leaves one listener per JVM, and that one authenticated. A simulator that ends up without the token (a
-package version that starts its JVM some other way) is closed and refused.
+line or in a file; the JVM's gateway port (bound to 127.0.0.1) answers only a client that sends it. Both
+packages also ask py4j for a callback server, a port in this process on which the JVM could call back into
+Python: neither ever hands the JVM a Python object to call, so none is opened (the JVM is told port 0).
+An env thus listens on one port, its JVM's, and that one authenticated. A simulator that ends up without
+the token (a package version that starts its JVM some other way) is closed and refused.
 """
 
 from __future__ import annotations
@@ -42,6 +42,20 @@ class JavaNotFoundError(PawError, OSError):
 
 class UnauthenticatedGatewayError(PawError, RuntimeError):
     """A Java env's package started a py4j gateway that does not require paw's token."""
+
+
+class NoCallbackServer:
+    """What the gateway reports as its callback server: none listens (the JVM never calls back into Python)."""
+
+    is_shutdown = True
+
+    @staticmethod
+    def get_listening_port() -> int:
+        return 0  # the packages pass it on to the JVM, whose callback client then points nowhere
+
+    @staticmethod
+    def shutdown() -> None:
+        pass
 
 
 def java_runtime() -> str:
@@ -84,7 +98,7 @@ def jvm_launch(heap_mb: int):
 def _authenticated_py4j(module):
     """Within (and under ``_ENVIRON_LOCK``, taken by ``jvm_launch``): ``module``'s own names ``launch_gateway``
     and ``JavaGateway`` (both packages import them from py4j) replaced by ones that launch the JVM with
-    ``enable_auth`` and give its token to the gateway and its callback server. Yields the tokens handed out."""
+    ``enable_auth`` and give its token to the gateway, which opens no callback server. Yields the tokens handed out."""
     from py4j.java_gateway import GatewayParameters
 
     tokens: list[str] = []
@@ -95,16 +109,17 @@ def _authenticated_py4j(module):
         tokens.append(token.decode() if isinstance(token, bytes) else token)  # py4j reads it from a binary pipe
         return (port, proc) if return_proc else port
 
+    class GatewayWithoutCallbacks(gateway):
+        def get_callback_server(self):
+            return NoCallbackServer()
+
     def gateway_with_token(*args, gateway_parameters=None, callback_server_parameters=None, **kwargs):
         if not tokens:
             raise UnauthenticatedGatewayError(f"{module.__name__} builds a py4j gateway without launching its JVM "
                                               "through launch_gateway; this package version is not supported by paw")
         gateway_parameters = gateway_parameters or GatewayParameters()
         gateway_parameters.auth_token = tokens[-1]
-        if callback_server_parameters is not None:
-            callback_server_parameters.auth_token = tokens[-1]
-        return gateway(*args, gateway_parameters=gateway_parameters,
-                       callback_server_parameters=callback_server_parameters, **kwargs)
+        return GatewayWithoutCallbacks(*args, gateway_parameters=gateway_parameters, **kwargs)
 
     module.launch_gateway, module.JavaGateway = launch_with_token, gateway_with_token
     try:
@@ -126,13 +141,11 @@ def start_simulator(simulator_class, heap_mb: int, **kwargs):
     with jvm_launch(heap_mb), _authenticated_py4j(module) as tokens:
         simulator = simulator_class(**kwargs)
     gateway = gateway_of(simulator)
-    callback = gateway.get_callback_server()
     if not (len(tokens) == 1 and gateway.gateway_parameters.auth_token == tokens[0]
-            and (callback is None or callback.callback_server_parameters.auth_token == tokens[0])):
+            and isinstance(gateway.get_callback_server(), NoCallbackServer)):
         simulator.close()
         raise UnauthenticatedGatewayError(f"{module.__name__} started its JVM without paw's py4j auth token (this "
                                           "package version starts it some other way); pin the version in requirements.txt")
-    gateway.shutdown_callback_server()  # only the JVM's side needs a port: the packages never call back into Python
     return simulator
 
 

@@ -19,6 +19,7 @@ import paw_lightning.envs  # noqa: F401
 from paw_lightning.cli import main as paw
 from paw_lightning.envs.java import (JavaNotFoundError, UnauthenticatedGatewayError, gateway_of, java_runtime, jvm_launch,
                                     start_simulator)
+from tests.listeners import ListenerSampler, listeners
 
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -64,23 +65,27 @@ def test_without_java_paw_fit_fails_in_one_line_before_the_model_loads(no_java, 
                                         ("paw/TextWorldExpress-v0", {"game": "coin", "game_params": "numLocations=3"})],
                 ids=["ScienceWorld", "TextWorldExpress"])
 def live_env(request):
+    """A Java env after its first reset, and the listeners this process and its children opened meanwhile."""
     env_id, kwargs = request.param
-    env = gym.make(env_id, disable_env_checker=True, **kwargs).unwrapped
-    env.reset(seed=0)
+    before = {listener.inode for listener in listeners(os.getpid())}
+    with ListenerSampler(os.getpid(), period_s=0.02) as sampler:
+        env = gym.make(env_id, disable_env_checker=True, **kwargs).unwrapped
+        env.reset(seed=0)
+    env.opened = {listener for listener in sampler.seen if listener.inode not in before}
     yield env
     env.close()
 
 
-def listeners(pid: int) -> list[tuple[str, int]]:
-    return [c.laddr[:2] for c in psutil.Process(pid).net_connections("inet") if c.status == psutil.CONN_LISTEN]
-
-
 def test_the_jvm_listens_on_loopback_only_and_the_env_process_not_at_all(live_env):
     gateway = gateway_of(live_env._sim)
-    assert listeners(gateway.java_process.pid) == [("::ffff:127.0.0.1", gateway.gateway_parameters.port)]
-    assert psutil.Process(gateway.java_process.pid).environ()["JAVA_TOOL_OPTIONS"].startswith(f"-Xmx{live_env.jvm_heap_mb}m ")
-    assert gateway.get_callback_server().is_shutdown  # the packages open one; nothing ever calls back
-    assert listeners(os.getpid()) == []
+    java = gateway.java_process.pid
+    port = gateway.gateway_parameters.port
+    # sampled while the env started: the JVM's port and nothing else, not even for a moment (the packages ask
+    # py4j for a callback server in this process; none is opened)
+    assert {(l.pid, l.address, l.port) for l in live_env.opened} == {(java, "127.0.0.1", port)}
+    assert [c.laddr[:2] for c in psutil.Process(java).net_connections("inet")
+            if c.status == psutil.CONN_LISTEN] == [("::ffff:127.0.0.1", port)]
+    assert psutil.Process(java).environ()["JAVA_TOOL_OPTIONS"].startswith(f"-Xmx{live_env.jvm_heap_mb}m ")
 
 
 @pytest.mark.parametrize("token", [None, "not-the-token"])
