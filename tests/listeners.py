@@ -102,17 +102,24 @@ def listeners(root_pid: int) -> set[Listener]:
 
 
 class ListenerSampler:
-    """Within: samples ``listeners(root_pid)`` every ``period_s`` in a thread; ``seen`` is their union."""
+    """Within: samples ``listeners(root_pid)`` every ``period_s`` in a thread; ``seen`` is their union and
+    ``lifetime[listener]`` the (first, last) seconds after the start at which it was seen."""
 
     def __init__(self, root_pid: int, period_s: float = 0.1) -> None:
         self.root_pid, self.period_s = root_pid, period_s
         self.seen: set[Listener] = set()
+        self.lifetime: dict[Listener, tuple[float, float]] = {}
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._run, daemon=True)
+        self._start = time.monotonic()
 
     def _run(self) -> None:
         while True:
-            self.seen |= listeners(self.root_pid)
+            now = listeners(self.root_pid)
+            at = time.monotonic() - self._start
+            self.seen |= now
+            for listener in now:
+                self.lifetime[listener] = (self.lifetime.get(listener, (at, at))[0], at)
             if self._stop.wait(self.period_s):
                 return
 
@@ -127,13 +134,13 @@ class ListenerSampler:
 
 def main(argv: list[str]) -> int:
     command = argv[argv.index("--") + 1:] if "--" in argv else argv
-    start = time.monotonic()
     process = subprocess.Popen(command)
     with ListenerSampler(process.pid) as sampler:
         code = process.wait()
-    print(f"\n{len(sampler.seen)} listener(s) in {time.monotonic() - start:.0f} s (exit code {code}):")
-    for listener in sorted(sampler.seen, key=lambda l: (l.pid, l.protocol, l.address, l.port)):
-        print(f"  pid {listener.pid} {listener.process}: {listener.where()}")
+    print(f"\n{len(sampler.seen)} listener(s) in {time.monotonic() - sampler._start:.0f} s (exit code {code}):")
+    for listener in sorted(sampler.seen, key=lambda l: (sampler.lifetime[l], l.pid, l.port)):
+        first, last = sampler.lifetime[listener]
+        print(f"  pid {listener.pid} {listener.process}: {listener.where()}  seen {first:.1f}-{last:.1f} s")
     return code
 
 

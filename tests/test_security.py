@@ -12,8 +12,11 @@ import time
 from pathlib import Path
 
 import pytest
+import torch
+from lightning.fabric.utilities.cloud_io import _load as lightning_load
 
 from paw_lightning.cli import cli_main
+from paw_lightning.play import load_weights
 from paw_lightning.permissions import WORLD_WRITE, no_world_write
 from tests.listeners import ListenerSampler, listeners
 
@@ -86,3 +89,29 @@ def test_the_sampler_sees_a_listener_of_a_child_process():
         child.kill()
         child.wait()
     assert {(l.pid, l.protocol, l.address, l.port) for l in sampler.seen} >= {(child.pid, "tcp", "127.0.0.1", port)}
+
+
+class PickledCode:
+    """What a booby-trapped checkpoint holds: unpickling it runs code (here: touches a file)."""
+
+    def __init__(self, path: Path) -> None:
+        self.path = path
+
+    def __reduce__(self):
+        return (Path.touch, (self.path,))
+
+
+def test_a_checkpoint_with_pickled_code_is_refused_by_paw_play_and_by_resume(tmp_path):
+    trap = tmp_path / "ran"
+    torch.save({"state_dict": {}, "epoch": 0, "payload": PickledCode(trap)}, tmp_path / "evil.ckpt")
+    with pytest.raises(Exception, match="Weights only load failed"):
+        load_weights(None, str(tmp_path / "evil.ckpt"), None)  # paw play --ckpt_path
+    with pytest.raises(Exception, match="Weights only load failed"):
+        lightning_load(str(tmp_path / "evil.ckpt"))  # what paw fit --ckpt_path reads a checkpoint with
+    assert not trap.exists()
+
+
+def test_the_run_checkpoint_loads_without_pickled_code(secure_fit):
+    folder, _ = secure_fit
+    checkpoint = torch.load(next((folder / "runs").rglob("last.ckpt")), map_location="cpu", weights_only=True)
+    assert checkpoint["state_dict"] and checkpoint["epoch"] == 0
