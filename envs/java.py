@@ -24,6 +24,7 @@ import os
 import shutil
 import sys
 import threading
+import warnings
 from contextlib import contextmanager
 from pathlib import Path
 
@@ -138,6 +139,10 @@ def start_simulator(simulator_class, heap_mb: int, **kwargs):
     JVM) started in ``jvm_launch(heap_mb)`` with an authenticated gateway (see the module doc);
     UnauthenticatedGatewayError, after closing it, if its gateway ended up without the token."""
     module = sys.modules[simulator_class.__module__]
+    if getattr(module, "DEBUG_MODE", False):  # SCIENCEWORLD_DEBUG / TWX_DEBUG: the package's own debug switch
+        warnings.warn(f"{module.__name__} runs in debug mode: its JVM opens a Java debugger port (5005) that anyone "
+                      "on this machine can attach to and run code through; unset SCIENCEWORLD_DEBUG/TWX_DEBUG on a shared machine",
+                      stacklevel=2)
     with jvm_launch(heap_mb), _authenticated_py4j(module) as tokens:
         simulator = simulator_class(**kwargs)
     gateway = gateway_of(simulator)

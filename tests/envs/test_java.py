@@ -130,8 +130,10 @@ class GatewayBuiltElsewhere:
         GatewayBuiltElsewhere.closed = True
 
 
-def test_a_simulator_whose_gateway_has_no_token_is_closed_and_refused():
-    with pytest.raises(UnauthenticatedGatewayError, match="without paw's py4j auth token"):
+def test_a_simulator_whose_gateway_has_no_token_is_closed_and_refused(monkeypatch):
+    monkeypatch.setattr(sys.modules[__name__], "DEBUG_MODE", True, raising=False)  # as SCIENCEWORLD_DEBUG=1 sets it
+    with pytest.raises(UnauthenticatedGatewayError, match="without paw's py4j auth token"), \
+         pytest.warns(UserWarning, match="debugger port"):
         start_simulator(GatewayBuiltElsewhere, 256)
     assert GatewayBuiltElsewhere.closed
     assert launch_gateway is sys.modules["py4j.java_gateway"].launch_gateway  # the module's names are restored
