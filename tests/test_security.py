@@ -1,7 +1,7 @@
-"""What a run exposes to other accounts on the machine (docs/security.md): the sockets it listens on and
-the permissions of the files it writes. One short quickstart fit (HF engine, env workers, a LoRA adapter
-exported) runs under umask 000, the worst a shared account can have, while a thread lists the listening
-sockets of the fit's process and its children every 0.1 s."""
+"""What a run exposes to other accounts on the machine (docs/security.md): the sockets it listens on, the
+permissions of the files it writes, and checkpoints that cannot carry code. The fit is the session's shared
+tiny quickstart fit (``tiny_run`` in conftest.py: HF engine, env workers), run under umask 000 while a thread
+listed the listening sockets of its process and children every 0.1 s."""
 
 import json
 import os
@@ -15,53 +15,29 @@ import pytest
 import torch
 from lightning.fabric.utilities.cloud_io import _load as lightning_load
 
-from paw_lightning.cli import cli_main
-from paw_lightning.play import load_weights
 from paw_lightning.permissions import WORLD_WRITE, no_world_write
-from tests.listeners import ListenerSampler, listeners
+from paw_lightning.play import load_weights
+from tests.listeners import ListenerSampler
 
-ROOT = Path(__file__).resolve().parents[1]
-
-# Every listener a run of this fit may open, with why it is there (see the inventory in docs/security.md).
-# The HF-engine fit opens none: env workers talk over a socket pair, Lightning on one device makes no process
-# group. A new entry needs its row in the docs' inventory first: owner, protocol, address, lifetime and what
-# a client without credentials could do with it.
+# Every listener a run of this fit may open, as (process name, protocol) -> why it is there (see the
+# inventory in docs/security.md). The HF-engine fit opens none: env workers talk over a socket pair, and
+# Lightning on one device makes no process group. A new entry needs its row in the docs' inventory first:
+# owner, protocol, bind address, lifetime and what a client without credentials could do with it.
 EXPLAINED: dict[tuple[str, str], str] = {}
 
 
-@pytest.fixture(scope="module")
-def secure_fit(tmp_path_factory, coin_pool_kwargs):
-    """(run folder, listeners the fit opened) of a one-iteration quickstart fit started under umask 000."""
-    folder = tmp_path_factory.mktemp("secure-fit")
-    before = {listener.inode for listener in listeners(os.getpid())}
-    saved = os.umask(0)
-    try:
-        with pytest.MonkeyPatch.context() as patch, ListenerSampler(os.getpid()) as sampler:
-            patch.chdir(folder)
-            cli_main(["fit", "--config", str(ROOT / "configs/quickstart.yaml"), "--trainer.max_epochs=1",
-                      "--trainer.enable_progress_bar=false", "--data.num_groups=2", "--data.group_size=2",
-                      "--data.max_steps=2", "--data.mini_batch_size=8", "--data.val_episodes=0", "--data.env_workers=2",
-                      "--data.env_kwargs=" + json.dumps(dict(coin_pool_kwargs, progress=False)),
-                      "--model.lora_rank=2", "--trainer.callbacks+=paw_lightning.callbacks.AdapterExport"])
-    finally:
-        os.umask(saved)
-    return folder, {listener for listener in sampler.seen if listener.inode not in before}
-
-
-def test_no_listener_is_unexplained(secure_fit):
-    _, opened = secure_fit
-    unexplained = sorted(f"{l.process} (pid {l.pid}): {l.where()}" for l in opened
-                         if (l.process, l.protocol) not in EXPLAINED)
+def test_the_fit_opens_no_unexplained_listener(tiny_run):
+    opened = json.loads((tiny_run / "listeners.json").read_text())
+    unexplained = sorted(f"{l['process']} (pid {l['pid']}): {l['protocol']} {l['address']}:{l['port']}" for l in opened
+                         if (l["process"], l["protocol"]) not in EXPLAINED)
     assert not unexplained, (f"the fit listened on {unexplained}: say in docs/security.md's inventory who owns it "
                              "and what a local client could do with it, then add it to EXPLAINED")
 
 
-def test_nothing_the_run_writes_is_world_writable_even_under_umask_000(secure_fit):
-    folder, _ = secure_fit
-    written = [path for path in (folder / "runs").rglob("*")]
-    names = {path.name for path in written}
-    assert {"last.ckpt", "episodes.jsonl", "adapter_model.safetensors", "metrics.csv", "config.yaml"} <= names
-    open_to_all = [str(path.relative_to(folder)) for path in [folder / "runs", *written]
+def test_nothing_the_run_writes_is_world_writable_even_under_umask_000(tiny_run):
+    written = list((tiny_run / "runs").rglob("*"))
+    assert {"last.ckpt", "episodes.jsonl", "metrics.csv", "config.yaml"} <= {path.name for path in written}
+    open_to_all = [str(path.relative_to(tiny_run)) for path in [tiny_run / "runs", *written]
                    if path.stat().st_mode & stat.S_IWOTH]
     assert not open_to_all
     # readable by others stays the default (docs/security.md), except what safetensors writes (0600 by itself)
@@ -111,7 +87,6 @@ def test_a_checkpoint_with_pickled_code_is_refused_by_paw_play_and_by_resume(tmp
     assert not trap.exists()
 
 
-def test_the_run_checkpoint_loads_without_pickled_code(secure_fit):
-    folder, _ = secure_fit
-    checkpoint = torch.load(next((folder / "runs").rglob("last.ckpt")), map_location="cpu", weights_only=True)
-    assert checkpoint["state_dict"] and checkpoint["epoch"] == 0
+def test_the_run_checkpoint_loads_without_pickled_code(tiny_run):
+    checkpoint = torch.load(tiny_run / "runs/csv/version_0/checkpoints/last.ckpt", map_location="cpu", weights_only=True)
+    assert checkpoint["state_dict"] and checkpoint["epoch"] == 1
