@@ -7,11 +7,12 @@ context in which an env builds its engine: that Java first on ``PATH``, and ``-X
 ``JVM_FAST_START`` in ``JAVA_TOOL_OPTIONS`` (the JVM reads it at start; ScienceWorld's default heap takes
 2.5 GB per env). Options already in ``JAVA_TOOL_OPTIONS`` come last, so they win.
 
-``start_simulator(cls, heap_mb, **kwargs)`` builds a package's simulator (``cls(**kwargs)``) in that context
-with an authenticated py4j gateway: left to themselves, both packages start a gateway that anyone on the
-machine can connect to on 127.0.0.1 and use to run any command as the training user. Here the JVM makes a
-random token (py4j's ``--enable-auth``) and hands it to this process over its stdout pipe, never on a command
-line or in a file; the JVM's gateway port (bound to 127.0.0.1) answers only a client that sends it. Both
+``start_simulator(cls, heap_mb, **kwargs)`` builds a package's simulator (``cls(**kwargs)``, through the
+subclass ``authenticated(cls, heap_mb)``) in that context with an authenticated py4j gateway: left to
+themselves, both packages start a gateway that anyone on the machine can connect to on 127.0.0.1 and use
+to run any command as the training user. Here the JVM makes a random token (py4j's ``--enable-auth``) and
+hands it to this process over its stdout pipe, never on a command line or in a file; the JVM's gateway
+port (bound to 127.0.0.1) answers only a client that sends it. Both
 packages also ask py4j for a callback server, a port in this process on which the JVM could call back into
 Python: neither ever hands the JVM a Python object to call, so none is opened (the JVM is told port 0).
 An env thus listens on one port, its JVM's, and that one authenticated. A simulator that ends up without
@@ -20,6 +21,7 @@ the token (a package version that starts its JVM some other way) is closed and r
 
 from __future__ import annotations
 
+import functools
 import os
 import shutil
 import sys
@@ -134,24 +136,37 @@ def gateway_of(simulator):
     return simulator._gateway
 
 
-def start_simulator(simulator_class, heap_mb: int, **kwargs):
-    """``simulator_class(**kwargs)`` (ScienceWorld's or TextWorldExpress's Python class, which starts its own
-    JVM) started in ``jvm_launch(heap_mb)`` with an authenticated gateway (see the module doc);
-    UnauthenticatedGatewayError, after closing it, if its gateway ended up without the token."""
+@functools.lru_cache(maxsize=None)
+def authenticated(simulator_class, heap_mb: int):
+    """A subclass of ``simulator_class`` (ScienceWorld's or TextWorldExpress's Python class, which starts its
+    own JVM in ``__init__``) whose instances start it in ``jvm_launch(heap_mb)`` with an authenticated gateway
+    (see the module doc), including the copies the package makes itself (TextWorldExpress's ``clone()``);
+    UnauthenticatedGatewayError, after closing it, if the gateway ended up without the token."""
     module = sys.modules[simulator_class.__module__]
-    if getattr(module, "DEBUG_MODE", False):  # SCIENCEWORLD_DEBUG / TWX_DEBUG: the package's own debug switch
-        warnings.warn(f"{module.__name__} runs in debug mode: its JVM opens a Java debugger port (5005) that anyone "
-                      "on this machine can attach to and run code through; unset SCIENCEWORLD_DEBUG/TWX_DEBUG on a shared machine",
-                      stacklevel=2)
-    with jvm_launch(heap_mb), _authenticated_py4j(module) as tokens:
-        simulator = simulator_class(**kwargs)
-    gateway = gateway_of(simulator)
-    if not (len(tokens) == 1 and gateway.gateway_parameters.auth_token == tokens[0]
-            and isinstance(gateway.get_callback_server(), NoCallbackServer)):
-        simulator.close()
-        raise UnauthenticatedGatewayError(f"{module.__name__} started its JVM without paw's py4j auth token (this "
-                                          "package version starts it some other way); pin the version in requirements.txt")
-    return simulator
+
+    class Authenticated(simulator_class):
+        def __init__(self, *args, **kwargs):
+            if getattr(module, "DEBUG_MODE", False):  # SCIENCEWORLD_DEBUG / TWX_DEBUG: the package's debug switch
+                warnings.warn(f"{module.__name__} runs in debug mode: its JVM opens a Java debugger port (5005) that "
+                              "anyone on this machine can attach to and run code through; unset SCIENCEWORLD_DEBUG/"
+                              "TWX_DEBUG on a shared machine", stacklevel=2)
+            with jvm_launch(heap_mb), _authenticated_py4j(module) as tokens:
+                super().__init__(*args, **kwargs)
+            gateway = gateway_of(self)
+            if not (len(tokens) == 1 and gateway.gateway_parameters.auth_token == tokens[0]
+                    and isinstance(gateway.get_callback_server(), NoCallbackServer)):
+                self.close()
+                raise UnauthenticatedGatewayError(f"{module.__name__} started its JVM without paw's py4j auth token "
+                                                  "(this package version starts it some other way); pin the version "
+                                                  "in requirements.txt")
+
+    Authenticated.__name__ = Authenticated.__qualname__ = f"Authenticated{simulator_class.__name__}"
+    return Authenticated
+
+
+def start_simulator(simulator_class, heap_mb: int, **kwargs):
+    """``authenticated(simulator_class, heap_mb)(**kwargs)``: the package's simulator in a JVM that only it can use."""
+    return authenticated(simulator_class, heap_mb)(**kwargs)
 
 
 SPLITS = ("train", "dev", "test")  # both benchmarks' own splits: dev and test are held out

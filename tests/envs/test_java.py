@@ -105,6 +105,22 @@ def test_a_client_without_the_token_is_refused_while_the_env_steps(live_env, tok
     assert gateway.jvm.System.getProperty("user.name") == getpass.getuser()  # the env's own client has the token
 
 
+def test_the_package_s_own_copy_of_a_simulator_is_authenticated_too(live_env):
+    if not hasattr(live_env._sim, "clone"):
+        pytest.skip("only TextWorldExpress copies a simulator (clone() starts a new JVM)")
+    copy = live_env._sim.clone()
+    try:
+        gateway = gateway_of(copy)
+        assert gateway.java_process.pid != gateway_of(live_env._sim).java_process.pid
+        intruder = JavaGateway(gateway_parameters=GatewayParameters(port=gateway.gateway_parameters.port))
+        with pytest.raises(Py4JError):
+            intruder.jvm.System.getProperty("user.name")
+        intruder.close()
+        assert copy.step("look around")[0]
+    finally:
+        copy.close()
+
+
 def test_a_raw_command_without_the_token_gets_an_error_and_a_closed_connection(live_env):
     port = gateway_of(live_env._sim).gateway_parameters.port
     with socket.create_connection(("127.0.0.1", port), timeout=10) as probe:
