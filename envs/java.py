@@ -12,11 +12,11 @@ subclass ``authenticated(cls, heap_mb)``) in that context with an authenticated 
 themselves, both packages start a gateway that anyone on the machine can connect to on 127.0.0.1 and use
 to run any command as the training user. Here the JVM makes a random token (py4j's ``--enable-auth``) and
 hands it to this process over its stdout pipe, never on a command line or in a file; the JVM's gateway
-port (bound to 127.0.0.1) answers only a client that sends it. Both
-packages also ask py4j for a callback server, a port in this process on which the JVM could call back into
-Python: neither ever hands the JVM a Python object to call, so none is opened (the JVM is told port 0).
-An env thus listens on one port, its JVM's, and that one authenticated. A simulator that ends up without
-the token (a package version that starts its JVM some other way) is closed and refused.
+port (bound to 127.0.0.1) answers only a client that sends it. Both packages also ask py4j for a callback
+server, a port in this process on which the JVM could call back into Python: neither ever hands the JVM a
+Python object to call, so none is opened (the JVM is told port 0). An env thus listens on one port, its
+JVM's, and that one authenticated. A simulator that ends up without the token (a package version that
+starts its JVM some other way) is closed and refused.
 """
 
 from __future__ import annotations
