@@ -17,7 +17,7 @@ import gymnasium as gym
 import numpy as np
 
 from paw_lightning.envs.base import text_space, tidy_text
-from paw_lightning.envs.java import check_java_env, jvm_launch
+from paw_lightning.envs.java import check_java_env, start_simulator
 
 SIMPLIFICATIONS = ("easy", "teleportAction", "selfWateringFlowerPots", "openContainers", "openDoors", "noElectricalAction")
 
@@ -131,9 +131,8 @@ class ScienceWorldEnv(gym.Env):
         if self._sim is None:
             from scienceworld import ScienceWorldEnv as Simulator
 
-            with jvm_launch(self.jvm_heap_mb):
-                # the package's own limit ends episodes as "done"; ours truncates, so it is set out of the way
-                self._sim = Simulator("", envStepLimit=10**9)
+            # the package's own limit ends episodes as "done"; ours truncates, so it is set out of the way
+            self._sim = start_simulator(Simulator, self.jvm_heap_mb, taskName="", envStepLimit=10**9)
         return self._sim
 
     def variations(self, task: str) -> list[int]:

@@ -16,17 +16,17 @@ from typing import Any
 import gymnasium as gym
 
 from paw_lightning.envs.base import text_space, tidy_text
-from paw_lightning.envs.java import check_java_env, jvm_launch
+from paw_lightning.envs.java import check_java_env, start_simulator as start_java_simulator
 
 GAMES = ("cookingworld", "twc", "coin", "mapreader", "arithmetic", "sorting", "simonsays", "peckingorder")
 
 
 def start_simulator(heap_mb: int):
-    """A TextWorldExpress simulator in a new JVM (its own step limit set out of the way: ours truncates)."""
+    """A TextWorldExpress simulator in a new JVM with an authenticated gateway (its own step limit set out of
+    the way: ours truncates)."""
     from textworld_express import TextWorldExpressEnv
 
-    with jvm_launch(heap_mb):
-        return TextWorldExpressEnv(envStepLimit=10**9)
+    return start_java_simulator(TextWorldExpressEnv, heap_mb, envStepLimit=10**9)
 
 
 def check_game(game: str, game_params: str, heap_mb: int) -> None:

@@ -25,6 +25,7 @@ from lightning.pytorch.callbacks import ModelCheckpoint
 from lightning.pytorch.cli import LightningCLI
 
 from paw_lightning.errors import PawError
+from paw_lightning.permissions import no_world_write
 from paw_lightning.module import PaWModule, check_module_options
 from paw_lightning.rollout.datamodule import RolloutDataModule, check_data_options, check_env_kwargs
 
@@ -130,6 +131,7 @@ def last_checkpoint(config) -> Path:
 def cli_main(args=None) -> PaWCLI:
     """Build and run the CLI; returns it so that tests and notebooks can inspect the trainer."""
     os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+    no_world_write()  # nothing the run writes is writable by other accounts (permissions.py)
     # The frozen reference policy is in eval mode on purpose; Lightning's warning about it is noise.
     warnings.filterwarnings("ignore", message=".*module\\(s\\) in eval mode.*")
     warnings.filterwarnings("ignore", message=".*isinstance\\(treespec, LeafSpec\\).*")
@@ -158,6 +160,7 @@ def build_cli(args: list[str], instantiate_model: bool = True) -> PaWCLI:
     """The config of ``args`` (``--config``, ``--model.*``, ``--data.*``...) parsed, checked and built without
     running a subcommand (``paw play``): model, DataModule and trainer, or only the DataModule."""
     os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+    no_world_write()
     # `paw play` hands LightningCLI the arguments it does not take itself, so sys.argv differs from args on purpose
     warnings.filterwarnings("ignore", message=".*args parameter is intended to run from within Python.*")
     warnings.filterwarnings("ignore", message=".*isinstance\\(treespec, LeafSpec\\).*")
@@ -179,6 +182,7 @@ def main(args=None) -> None:
     """The ``paw`` console script: ``paw fit|validate`` (LightningCLI), ``paw play`` (paw_lightning/play.py)
     and ``paw plot`` (paw_lightning/plots.py); user errors print as one line, anything else with its traceback."""
     argv = sys.argv[1:] if args is None else list(args)
+    no_world_write()
     try:
         if argv[:1] == ["play"]:
             from paw_lightning.play import main as play

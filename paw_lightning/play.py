@@ -110,7 +110,7 @@ def load_weights(module, ckpt_path: str | None, adapter: str | None) -> int:
     """Put a checkpoint's weights (and the tiny tokenizer it saved), or a LoRA adapter, into ``module``;
     returns the checkpoint's iteration (0 for an adapter or no weights)."""
     if ckpt_path:
-        checkpoint = torch.load(ckpt_path, map_location="cpu", weights_only=False)
+        checkpoint = torch.load(ckpt_path, map_location="cpu", weights_only=True)  # a checkpoint is data: pickled code in one is refused
         module.on_load_checkpoint(checkpoint)
         module.load_state_dict(checkpoint["state_dict"])
         return int(checkpoint.get("epoch", 0))

@@ -49,18 +49,30 @@ def alfworld_data(tmp_path_factory):
 @pytest.fixture(scope="session")
 def tiny_run(tmp_path_factory):
     """One tiny ``paw fit`` of the quickstart (2 iterations, 3 held-out episodes validated after each), shared
-    by the tests that read a run's metrics, episode log and checkpoint. Returns the folder it ran in."""
+    by the tests that read a run's metrics, episode log and checkpoint. Returns the folder it ran in.
+
+    It runs under umask 000 (the worst a shared account can have) while a thread lists the listening sockets
+    of this process and its children (the env workers) every 0.1 s; those the fit opened are in
+    ``listeners.json`` beside ``runs/`` (tests/test_security.py checks both)."""
     import json
     from pathlib import Path
 
     from paw_lightning.cli import cli_main
+    from tests.listeners import ListenerSampler, listeners
 
     folder = tmp_path_factory.mktemp("tiny-run")
     root = Path(__file__).resolve().parents[1]
-    with pytest.MonkeyPatch.context() as patch:
-        patch.chdir(folder)
-        cli_main(["fit", "--config", str(root / "configs/quickstart.yaml"), "--trainer.max_epochs=2",
-                  "--trainer.enable_progress_bar=false", "--data.num_groups=2", "--data.group_size=2", "--data.max_steps=3",
-                  "--data.mini_batch_size=8", "--data.progress=false", "--data.env_kwargs=" + json.dumps(dict(COIN_POOL, progress=False)),
-                  "--data.val_episodes=3", "--trainer.check_val_every_n_epoch=1", '--data.val_env_kwargs={"split": "eval"}'])
+    before = {listener.inode for listener in listeners(os.getpid())}
+    saved_umask = os.umask(0)
+    try:
+        with pytest.MonkeyPatch.context() as patch, ListenerSampler(os.getpid()) as sampler:
+            patch.chdir(folder)
+            cli_main(["fit", "--config", str(root / "configs/quickstart.yaml"), "--trainer.max_epochs=2",
+                      "--trainer.enable_progress_bar=false", "--data.num_groups=2", "--data.group_size=2", "--data.max_steps=3",
+                      "--data.mini_batch_size=8", "--data.progress=false", "--data.env_kwargs=" + json.dumps(dict(COIN_POOL, progress=False)),
+                      "--data.val_episodes=3", "--trainer.check_val_every_n_epoch=1", '--data.val_env_kwargs={"split": "eval"}'])
+    finally:
+        os.umask(saved_umask)
+    opened = [listener._asdict() for listener in sampler.seen if listener.inode not in before]
+    (folder / "listeners.json").write_text(json.dumps(opened))
     return folder

@@ -78,6 +78,6 @@ def test_the_docs_build_in_strict_mode_without_network(tmp_path):
     assert done.returncode == 0, done.stderr[-4000:]
     built = {p.stem for p in (tmp_path / "html").glob("*.html")}
     assert {"index", "getting-started", "iteration", "configs", "cli", "metrics", "environments", "engines", "multi-gpu",
-            "faults", "experiments", "benchmarks", "api", "troubleshooting", "watching"} <= built
+            "faults", "security", "experiments", "benchmarks", "api", "troubleshooting", "watching"} <= built
     api = (tmp_path / "html/api.html").read_text()
     assert "PaWModule" in api and "cmae_loss" in api and "ActionEntropySelection" in api  # autodoc read the docstrings
