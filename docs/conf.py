@@ -38,6 +38,6 @@ nitpick_ignore_regex = [
                r"collections|typing|pathlib|Path|Tensor|Callable|Sequence|Iterable|Iterator|Any|Literal|Generator|"
                r"os|random|contextlib|torchmetrics|ObsType|ActType)(\..*)?"),
     # the Literal choice types of the options: their values are listed in each option's doc line
-    (r"py:class", r"(DType|Quantize|WMLoss|WorldModel|WMTarget|WMContext|WMNormalize|Advantage|NormMode|Actor|EngineName|"
+    (r"py:class", r"(DType|LoraDType|Quantize|WMLoss|WorldModel|WMTarget|WMContext|WMNormalize|Advantage|NormMode|Actor|EngineName|"
                   r"LoraSync|SelectionEntropy|RoomSize)"),
 ]

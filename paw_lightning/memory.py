@@ -22,13 +22,12 @@ import gc
 import math
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
-from typing import TypeVar
+from typing import Any
 
 import torch
 
 from paw_lightning.errors import RowTooLongError
 
-T = TypeVar("T")
 MARGIN = 0.15  # share of the usable memory the planner leaves free (fragmentation, the allocator's cache)
 CPU_OOM_TEXT = "can't allocate memory"  # what the CPU allocator's RuntimeError says
 
@@ -68,9 +67,9 @@ def halve_budget(budget: int | None, lengths: Sequence[int]) -> int:
 
 
 def run_with_oom_retry(
-    attempt: Callable[[int | None], T], budget: int | None, lengths: Sequence[int], restore: Callable[[], None],
+    attempt: Callable[[int | None], Any], budget: int | None, lengths: Sequence[int], restore: Callable[[], None],
     device: torch.device,
-) -> tuple[T, int | None, int]:
+) -> tuple[Any, int | None, int]:
     """``attempt(budget)`` until it does not run out of memory: after each failure ``restore()`` (the caller
     puts back gradients and RNG), free memory and halve the budget (``halve_budget``).
 
