@@ -80,7 +80,16 @@ def test_a_qlora_training_step_gives_the_bf16_lora_step_within_bf16_and_nf4_erro
         module = quiet(PaWModule(lr=1e-3, lora_rank=4, dtype="bfloat16", quantize=quantize, kl_coef=0.01))
         rollout = rollout_for(module, GenerateActor(max_new_tokens=4), num_groups=1, group_size=2, max_steps=2)
         rollout.advantages = torch.linspace(-1, 1, len(rollout))
-        losses[quantize] = module.training_step(training_batch(rollout, list(range(len(rollout))), module.tokenizer.pad_token_id), 0)
+        batch = training_batch(rollout, list(range(len(rollout))), module.tokenizer.pad_token_id)
+        if quantize is None:
+            losses[quantize] = module.training_step(batch, 0)
+            continue
+
+        def step():
+            losses[quantize] = module.training_step(batch, 0)
+            losses[quantize].backward()
+
+        assert first_4bit_input_dtypes(module.model, step) == {torch.bfloat16}  # inside PaW's training step
     assert losses["bnb.nf4"].item() == pytest.approx(losses[None].item(), rel=0.02)
 
 
