@@ -331,6 +331,8 @@ def merged_state_dict(model: nn.Module) -> dict[str, torch.Tensor]:
     merged: dict[str, torch.Tensor] = {}
     handled: list[str] = []  # modules whose weights are written here, not copied from the state dict
     for name, module in base.named_modules():
+        if name.startswith(tuple(handled)):  # inside a LoRA layer written already (its 4-bit base_layer)
+            continue
         if isinstance(module, LoraLayer):
             layer = module.get_base_layer()
             weight = dequantize_module_weight(layer).detach()

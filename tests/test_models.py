@@ -71,3 +71,17 @@ def test_quantize_without_lora_is_rejected_before_loading():
         load_model("tiny", quantize="bnb.nf4")
     with pytest.raises(ValueError, match="quantize"):
         load_model("tiny", quantize="int3")
+
+
+def test_a_qlora_models_merged_weights_carry_the_base_checkpoints_names():
+    """What a vLLM engine loads after each update: de-quantised, LoRA merged, under the plain model's names
+    (a 4-bit base_layer inside a LoRA layer once leaked out as ``...q_proj.base_layer.weight``)."""
+    pytest.importorskip("bitsandbytes")
+    from paw_lightning.models import merged_state_dict
+
+    model, _ = load_model("tiny", quantize="bnb.nf4", lora_rank=4)
+    plain, _ = load_model("tiny")
+    merged = merged_state_dict(model)
+    assert set(merged) == set(plain.state_dict())
+    q_proj = "model.layers.0.self_attn.q_proj.weight"
+    assert merged[q_proj].shape == plain.state_dict()[q_proj].shape and merged[q_proj].is_floating_point()
