@@ -80,8 +80,14 @@ def padded_tokenizer(vocab_size: int):
 def alfworld_missing() -> str | None:
     """Why ALFWorld's engine cannot run here (``None`` when it can)."""
     try:
+        import ctypes
+        import importlib.resources
+
         import alfworld.gen.constants  # noqa: F401
-        import fast_downward  # noqa: F401
+
+        # the planner's library is loaded only when a game starts: load it now, so that a glibc or libstdc++
+        # too old for it means the TextWorld fallback, not a failed step
+        ctypes.CDLL(str(importlib.resources.files("fast_downward") / "libdownward.so"))
     except Exception as err:  # noqa: BLE001 - any import failure means: fall back to TextWorld
         return f"{type(err).__name__}: {err}"
     return None
