@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # What a user with one GPU asks, in one command: random-weight Qwen2.5 shapes (no weights can be
 # downloaded on the GPU machine), each step its own process, the most useful figures first.
-# Default steps (about 6-8 minutes on an H200, so one 10-minute call holds them and the install):
+# Default steps (sized for 6-8 minutes on an H200, so one 10-minute call holds them and the install):
 #   preset   the paper's ALFWorld Qwen2.5-1.5B PaW preset, one iteration under a 24 GiB cap: fits or OOM,
 #            seconds per phase (rollout, scoring, update), env steps/s, generated tokens/s  (preset.py)
 #   update   PaW vs GRPO update time, peak memory, MFU/HFU, Qwen2.5-1.5B, LoRA (bf16) and QLoRA (nf4),
@@ -26,7 +26,7 @@
 # The interpreter is $PYTHON, else .venv/bin/python when present, else python3. Each step's log goes to
 # $OUT (when set: the device tool brings $OUT back) or to a temp folder, and the results file is copied
 # to $OUT/results.json after every step. The script installs nothing, except the bitsandbytes wheel from
-# wheels/ when `import bitsandbytes` fails. Exit status: 0 when every step succeeded, else 1.
+# wheels/ when `import bitsandbytes` fails. Exit status: 0 when every step succeeded, 2 on a wrong argument, else 1.
 set -u
 cd "$(dirname "$0")/.."
 
@@ -42,7 +42,7 @@ while [ $# -gt 0 ]; do
     --only) ONLY="$2"; shift ;;
     --memory_cap_gb) CAP="$2"; shift ;;
     --out) RESULTS="$2"; shift ;;
-    -h|--help) sed -n '2,30p' "$0"; exit 0 ;;
+    -h|--help) sed -n '2,29p' "$0"; exit 0 ;;
     *) echo "unknown argument $1; see: bash benchmarks/gpu_suite.sh --help" >&2; exit 2 ;;
   esac
   shift

@@ -218,8 +218,8 @@ def main() -> None:
     parser.add_argument("--decode_steps", type=int, default=32)
     parser.add_argument("--memory_cap_gb", type=float, default=None,
                         help="cap this process's CUDA allocator at this many GiB (a card's size); OOM is recorded")
-    parser.add_argument("--peak_matmul_size", type=int, default=8192,
-                        help="the bf16 peak for MFU/HFU is measured on matmuls of this size (8192^3 on a GPU)")
+    parser.add_argument("--peak_matmul_size", type=int, default=None,
+                        help="the bf16 peak for MFU/HFU is measured on matmuls of this size (default 8192 on a GPU, 512 on CPU)")
     parser.add_argument("--out", default=str(Path(__file__).with_name("results.json")))
     args = parser.parse_args()
     device_name = torch.cuda.get_device_name() if args.device.startswith("cuda") else "cpu"
@@ -227,7 +227,7 @@ def main() -> None:
               "settings": {k: v for k, v in vars(args).items() if k != "out"}}
     with tempfile.TemporaryDirectory() as folder:
         save_random_model(args.shape, folder, args.device)
-        args.peak_tflops = bf16_peak_tflops(args.device, args.peak_matmul_size)
+        args.peak_tflops = bf16_peak_tflops(args.device, args.peak_matmul_size or (8192 if on_cuda(args.device) else 512))
         report["memory"] = apply_memory_cap(args.memory_cap_gb, args.device)
         report["peak_bf16_tflops"] = args.peak_tflops
         report["matmul_params"] = matmul_params(SHAPES[args.shape])

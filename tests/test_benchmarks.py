@@ -212,3 +212,22 @@ def test_env_zoo_script_measures_a_family_and_writes_its_row(tmp_path):
     row = json.loads(out.read_text())["runs"][0]["envs"]["frozenlake"]
     assert row["admissible_median"] == 4 and row["steps_per_s"] > 0 and row["steps_per_s_2_workers"] > 0
     assert "| frozenlake | frozenlake_tiny.yaml |" in done.stdout and "not measured |" in done.stdout
+
+
+def test_the_preset_falls_back_to_textworld_when_alfworlds_planner_cannot_load(bench, monkeypatch):
+    import ctypes
+
+    assert bench.preset.alfworld_missing() is None  # installed here (the test suite's ALFWorld tests need it)
+
+    def old_libc(path):
+        raise OSError("/lib/x86_64-linux-gnu/libc.so.6: version `GLIBC_2.32' not found")
+
+    monkeypatch.setattr(ctypes, "CDLL", old_libc)
+    assert "GLIBC_2.32" in bench.preset.alfworld_missing()
+    args = SimpleNamespace(device="cuda", num_groups=2, max_steps=4)
+    command = bench.preset.preset_command("folder", args, bench.preset.TEXTWORLD, False, ["--data.max_new_tokens=8"])
+    assert command[command.index("--data.env_id") + 1] == "paw/TextWorld-v0" and command[-1] == "--data.max_new_tokens=8"
+    assert command[command.index("--data.prompt_template") + 1] == "textworld"
+    command = bench.preset.preset_command("folder", args, {"split": "train", "generate": bench.preset.GAMES}, True, [])
+    assert "--data.env_id" not in command and command[command.index("--trainer.accelerator") + 1] == "gpu"
+    assert command[command.index("--data.num_groups") + 1] == "2" and command[command.index("--data.engine") + 1] == "hf"
