@@ -94,13 +94,13 @@ if [ "$DRY_RUN" = 1 ]; then
   ARGS_update=("${SMALL_UPDATE[@]}" --modes lora,qlora,decode --budget 40)
   ARGS_qlora7b=("${SMALL_UPDATE[@]}" --modes qlora)
   ARGS_lora7b=("${SMALL_UPDATE[@]}" --modes lora)
-  # the tiny shape, 1 group of 2 for 2 steps, short rows; the games of configs/alfworld_tiny.yaml (one cache)
-  ARGS_preset=(--shape tiny --num_groups 1 --max_steps 2
+  # the tiny shape, 1 group of 2 for 1 step, short rows; the games of configs/alfworld_tiny.yaml (one cache)
+  ARGS_preset=(--shape tiny --num_groups 1 --max_steps 1
                --games '{"games_per_type": 2, "eval_games_per_type": 1, "seed": 0, "room_size": "small"}'
                -- --data.group_size=2 --data.max_new_tokens=8 --data.max_prompt_tokens=256 --data.max_obs_tokens=32)
   ARGS_vllm=(--shape tiny --batch 2 --prompt 8 --steps 2)
   POOL='{"challenge": "tw-coin_collector", "settings": {"level": 3}, "num_train": 3, "num_eval": 2, "progress": false}'
-  ARGS_fit=(--shape tiny --lora_rank 4 -- --data.num_groups=2 --data.group_size=2 --data.max_steps=3
+  ARGS_fit=(--shape tiny --lora_rank 4 --iterations 1 -- --data.num_groups=2 --data.group_size=2 --data.max_steps=3
             --data.mini_batch_size=8 "--data.env_kwargs=$POOL")
   # 2 gloo processes with a vLLM engine each (hf too when vLLM is missing)
   ARGS_ddp=(--processes 2 --iterations 1 --num_groups 1 --actor generate

@@ -63,6 +63,8 @@ def padded_tokenizer(vocab_size: int):
     from paw_lightning.models import build_tiny_tokenizer
 
     tokenizer = build_tiny_tokenizer()
+    if vocab_size <= len(tokenizer):
+        return tokenizer
     spec = json.loads(tokenizer.backend_tokenizer.to_str())
     vocab = spec["model"]["vocab"]
     alphabet = sorted(pre_tokenizers.ByteLevel.alphabet())
