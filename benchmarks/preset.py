@@ -159,11 +159,13 @@ class PhaseClock:
 
 
 def last_metrics(metrics_csv: Path) -> dict:
-    """The last logged value of every metric of ``KEPT`` (one iteration: its only value)."""
+    """The last logged value of every metric of ``KEPT``, and of any column whose name starts with a planner
+    metric's (Lightning adds ``_step``/``_epoch`` to metrics logged both ways)."""
     found = {}
     with open(metrics_csv) as f:
         for row in csv.DictReader(f):
-            found |= {key: float(row[key]) for key in KEPT if row.get(key)}
+            found |= {key: float(value) for key, value in row.items()
+                      if value and (key in KEPT or key.startswith(PLANNER))}
     return found
 
 
@@ -209,7 +211,7 @@ def preset_benchmark(args, extra: list[str]) -> dict:
         "env_steps": metrics.get("rollout/env_steps"), "env_steps_per_s": metrics.get("rollout/env_steps_per_s"),
         "generated_tokens": totals["action_tokens"], "generated_tokens_per_s": totals["action_tokens"] / rollout_s,
         "train_steps": totals["train_steps"], "learner_tokens_per_s": metrics.get("perf/tokens_per_s"),
-        "planner": {key: metrics[key] for key in PLANNER if key in metrics} or None,
+        "planner": {key: value for key, value in metrics.items() if key.startswith(PLANNER)} or None,
         "metrics": metrics,
     } | peak_memory(args.device)
 
