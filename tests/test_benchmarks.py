@@ -92,11 +92,12 @@ def bench():
 def test_matmul_params_count_every_linear_weight_and_the_lm_head(bench):
     from transformers import Qwen2Config, Qwen2ForCausalLM
 
-    for name in ("tiny", "qwen2.5-1.5b", "qwen2.5-7b"):
+    for name in ("tiny", "qwen2.5-1.5b", "qwen2.5-7b"):  # two layers of each: every layer is alike
+        shape = bench.update_step.SHAPES[name] | {"num_hidden_layers": 2}
         with torch.device("meta"):
-            model = Qwen2ForCausalLM(Qwen2Config(**bench.update_step.SHAPES[name]))
+            model = Qwen2ForCausalLM(Qwen2Config(**shape))
         linear = sum(m.weight.numel() for m in model.modules() if isinstance(m, torch.nn.Linear))
-        assert bench.mfu.matmul_params(bench.update_step.SHAPES[name]) == linear, name
+        assert bench.mfu.matmul_params(shape) == linear, name
     # Qwen2.5-1.5B: 1.31e9 in the layers plus the 0.23e9 LM head
     assert bench.mfu.matmul_params(bench.update_step.SHAPES["qwen2.5-1.5b"]) == pytest.approx(1.544e9, rel=1e-3)
     figures = bench.mfu.utilisation(tokens_per_s=1000.0, params=10**9, peak_tflops=100.0, recompute=True)
