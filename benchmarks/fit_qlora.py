@@ -15,7 +15,8 @@ would. Run it as
     python benchmarks/fit_qlora.py --shape tiny --device cpu -- --data.num_groups=2   # a smoke run
 (anything after ``--`` is passed on to ``paw fit``). The report (wall time, seconds per iteration, peak
 GPU memory, success rate and losses per iteration, or the error) is printed as JSON and appended to
-benchmarks/results.json; the exit status is 1 when the fit failed.
+benchmarks/results.json; the exit status is 1 when the fit failed, 0 when it ran out of memory (``oom``: a
+result, e.g. under ``--memory_cap_gb``).
 """
 
 from __future__ import annotations
@@ -33,6 +34,7 @@ from pathlib import Path
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
+from memory_cap import apply_memory_cap, is_oom, oom_result, peak_memory, settle  # noqa: E402
 from update_step import SHAPES, append_report, save_random_model  # noqa: E402
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -70,14 +72,12 @@ def per_iteration(metrics_csv: Path) -> list[dict]:
 def fit_benchmark(args, extra: list[str]) -> dict:
     from paw_lightning.cli import cli_main
 
-    on_gpu = args.device.startswith("cuda")
     with tempfile.TemporaryDirectory() as folder, tempfile.TemporaryDirectory() as workdir:
         save_random_model(args.shape, folder, args.device)
         command = fit_command(folder, args, extra)
         cwd = os.getcwd()
         os.chdir(workdir)  # runs/ (logs, checkpoints) go to the scratch folder
-        if on_gpu:
-            torch.cuda.reset_peak_memory_stats()
+        settle(args.device)
         start = time.perf_counter()
         try:
             cli = cli_main(command)
@@ -90,8 +90,9 @@ def fit_benchmark(args, extra: list[str]) -> dict:
         "command": "paw " + " ".join(command).replace(folder, "<random-init folder>"),
         "wall_s": wall,
         "s_per_iteration": [it.get("perf/iteration_s") for it in iterations],
-        "peak_gb": torch.cuda.max_memory_allocated() / 1e9 if on_gpu else None,
-        "peak_reserved_gb": torch.cuda.max_memory_reserved() / 1e9 if on_gpu else None,
+        "peak_gb": peak_memory(args.device)["peak_allocated_gb"],
+        "peak_reserved_gb": peak_memory(args.device)["peak_reserved_gb"],
+        "oom": False,
         "iterations": iterations,
     }
     if not report["ok"]:
@@ -105,6 +106,8 @@ def main() -> None:
     parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     parser.add_argument("--iterations", type=int, default=2)
     parser.add_argument("--lora_rank", type=int, default=16)
+    parser.add_argument("--memory_cap_gb", type=float, default=None,
+                        help="cap this process's CUDA allocator at this many GiB (a card's size); an OOM is recorded")
     parser.add_argument("--out", default=str(Path(__file__).with_name("results.json")))
     argv = sys.argv[1:]
     extra = argv[argv.index("--") + 1 :] if "--" in argv else []
@@ -112,14 +115,17 @@ def main() -> None:
     device_name = torch.cuda.get_device_name() if args.device.startswith("cuda") else "cpu"
     report = {"device": device_name, "date": time.strftime("%Y-%m-%d"), "shape": args.shape,
               "settings": {k: v for k, v in vars(args).items() if k != "out"} | {"paw_overrides": extra}}
+    report["memory"] = apply_memory_cap(args.memory_cap_gb, args.device)
     try:
         report["fit_qlora"] = fit_benchmark(args, extra)
     except (Exception, SystemExit) as err:  # noqa: BLE001 - the failure is the measurement: record it, exit 1
         traceback.print_exc()
         report["fit_qlora"] = {"ok": False, "error": f"{type(err).__name__}: {err}"}
+        if is_oom(err):  # running out of memory (under a cap: the card's size) is the answer, not a failure
+            report["fit_qlora"] |= oom_result(err) | peak_memory(args.device)
     print(json.dumps(report, indent=2))
     append_report(report, args.out)
-    sys.exit(0 if report["fit_qlora"]["ok"] else 1)
+    sys.exit(0 if report["fit_qlora"]["ok"] or report["fit_qlora"].get("oom") else 1)
 
 
 if __name__ == "__main__":

@@ -13,11 +13,16 @@ from __future__ import annotations
 
 import argparse
 import json
+import sys
 import tempfile
 import time
 from pathlib import Path
 
 import torch
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from memory_cap import apply_memory_cap, is_oom, on_cuda, oom_result, peak_memory, settle  # noqa: E402
+from mfu import bf16_peak_tflops, matmul_params, utilisation  # noqa: E402
 
 SHAPES = {  # the public configs of the models the paper trains (0.5B: the suite's end-to-end fit)
     "qwen2.5-0.5b": dict(hidden_size=896, intermediate_size=4864, num_hidden_layers=24, num_attention_heads=14,
@@ -31,8 +36,8 @@ SHAPES = {  # the public configs of the models the paper trains (0.5B: the suite
 }
 
 
-def save_random_model(shape: str, folder: str, device: str = "cpu") -> str:
-    """Write a random-init Qwen2 model of ``shape`` (bf16) and the tiny tokenizer to ``folder``.
+def save_random_model(shape: str, folder: str, device: str = "cpu", tokenizer=None) -> str:
+    """Write a random-init Qwen2 model of ``shape`` (bf16) and a tokenizer (default the tiny one) to ``folder``.
 
     The weights are drawn on ``device`` directly in bf16 (a 7B model initialises in seconds on a GPU,
     minutes on a CPU); the tiny tokenizer's ids (< 2048) are valid ids of every shape's vocabulary.
@@ -41,7 +46,7 @@ def save_random_model(shape: str, folder: str, device: str = "cpu") -> str:
 
     from paw_lightning.models import build_tiny_tokenizer
 
-    tokenizer = build_tiny_tokenizer()
+    tokenizer = tokenizer or build_tiny_tokenizer()
     config = Qwen2Config(max_position_embeddings=32768, rope_theta=1e6, pad_token_id=tokenizer.pad_token_id,
                          eos_token_id=tokenizer.eos_token_id, bos_token_id=tokenizer.eos_token_id, **SHAPES[shape])
     default_dtype = torch.get_default_dtype()
@@ -78,15 +83,20 @@ def synthetic_batch(batch: int, prompt: int, action: int, obs: int, vocab: int, 
     return {k: v.to(device) if isinstance(v, torch.Tensor) else v for k, v in rows.items()}
 
 
-def time_updates(module, batch: dict, steps: int, device: str) -> tuple[float, float]:
-    """Mean seconds per update (forward, backward, optimiser step) and peak memory in GB."""
+def time_updates(module, batch: dict, steps: int, device: str) -> dict:
+    """Mean seconds per update (forward, backward, optimiser step) and peak memory in GB: over the timed
+    steps (``peak_gb``, as the first GPU run read it) and over the whole arm since the last ``settle``
+    (model load and warm-up step included: ``arm_peak_*``, what a card must hold)."""
     optimizer = module.configure_optimizers()
     module.log = module.log_dict = lambda *a, **k: None
-    sync = torch.cuda.synchronize if device.startswith("cuda") else (lambda: None)
+    cuda = on_cuda(device)
+    sync = torch.cuda.synchronize if cuda else (lambda: None)
+    warm = {}
     for i in range(steps + 1):  # the first step warms up kernels and allocator
         if i == 1:
             sync()
-            if device.startswith("cuda"):
+            warm = peak_memory(device)
+            if cuda:
                 torch.cuda.reset_peak_memory_stats()
             start = time.perf_counter()
         loss = module.training_step(batch, 0)
@@ -95,33 +105,55 @@ def time_updates(module, batch: dict, steps: int, device: str) -> tuple[float, f
         optimizer.zero_grad(set_to_none=True)
     sync()
     seconds = (time.perf_counter() - start) / steps
-    peak = torch.cuda.max_memory_allocated() / 1e9 if device.startswith("cuda") else float("nan")
-    return seconds, peak
+    timed = peak_memory(device)
+    arm = {f"arm_{k}": (max(v, warm[k]) if cuda else None) for k, v in timed.items()}
+    return {"s_per_update": seconds, "peak_gb": timed["peak_allocated_gb"] if cuda else float("nan"),
+            "peak_reserved_gb": timed["peak_reserved_gb"], **arm}
+
+
+def run_arm(args, folder: str, quantize: str | None, wm_coef: float, budget: int | None) -> dict:
+    """One arm: load the module, time ``args.steps`` updates, report time, memory and utilisation."""
+    from paw_lightning.module import PaWModule
+
+    module = PaWModule(model_name=folder, dtype="bfloat16", lora_rank=args.lora_rank, quantize=quantize,
+                       gradient_checkpointing=True, kl_coef=0.01, wm_coef=wm_coef, lr=1e-5,
+                       max_tokens_per_micro_batch=budget).to(args.device)
+    module.train()
+    vocab = module.model.config.vocab_size
+    batch = synthetic_batch(args.batch, args.prompt, args.action, args.obs, min(vocab, 2048), args.device)
+    result = time_updates(module, batch, args.steps, args.device)
+    result["tokens_per_s"] = args.batch * (args.prompt + args.action + args.obs) / result["s_per_update"]
+    result |= utilisation(result["tokens_per_s"], matmul_params(SHAPES[args.shape]), args.peak_tflops, recompute=True)
+    return result
 
 
 def update_benchmark(args, folder: str, quantize: str | None) -> dict:
-    from paw_lightning.module import PaWModule
-
+    """The PaW, GRPO and (with ``--budget``) split-PaW arms, one after another, each from the same
+    allocated baseline: everything the previous arm held is freed and collected first, and each arm
+    records the GB allocated when it started (``start_allocated_gb``) and whether that was the baseline.
+    An arm that runs out of memory records ``oom`` (a result under ``--memory_cap_gb``)."""
     results = {}
     arms = [("paw", 1.0, None), ("grpo", 0.0, None)] + ([("paw_budget", 1.0, args.budget)] if args.budget else [])
+    baseline = settle(args.device)
     for arm, wm_coef, budget in arms:
-        module = PaWModule(model_name=folder, dtype="bfloat16", lora_rank=args.lora_rank, quantize=quantize,
-                           gradient_checkpointing=True, kl_coef=0.01, wm_coef=wm_coef, lr=1e-5,
-                           max_tokens_per_micro_batch=budget).to(args.device)
-        module.train()
-        vocab = module.model.config.vocab_size
-        batch = synthetic_batch(args.batch, args.prompt, args.action, args.obs, min(vocab, 2048), args.device)
-        seconds, peak = time_updates(module, batch, args.steps, args.device)
-        tokens = args.batch * (args.prompt + args.action + args.obs)
-        results[arm] = {"s_per_update": seconds, "peak_gb": peak, "tokens_per_s": tokens / seconds}
-        del module
-        if args.device.startswith("cuda"):
-            torch.cuda.empty_cache()
-    results["paw_over_grpo_time"] = results["paw"]["s_per_update"] / results["grpo"]["s_per_update"]
-    results["paw_over_grpo_memory"] = results["paw"]["peak_gb"] / results["grpo"]["peak_gb"]
-    if args.budget:  # the same mini-batch in micro-batches of at most --budget tokens
-        results["budget_over_whole_time"] = results["paw_budget"]["s_per_update"] / results["paw"]["s_per_update"]
-        results["budget_over_whole_memory"] = results["paw_budget"]["peak_gb"] / results["paw"]["peak_gb"]
+        start = settle(args.device)
+        try:
+            results[arm] = {"oom": False} | run_arm(args, folder, quantize, wm_coef, budget)
+        except Exception as err:  # noqa: BLE001 - an OOM is the cap's answer; anything else is a failure
+            if not is_oom(err):
+                raise
+            results[arm] = oom_result(err)
+        results[arm] |= {"start_allocated_gb": start,
+                         "same_baseline": None if baseline is None else abs(start - baseline) < 0.01}
+    settle(args.device)
+    ok = {arm: r for arm, r in results.items() if not r["oom"]}
+    if {"paw", "grpo"} <= set(ok):
+        results["paw_over_grpo_time"] = ok["paw"]["s_per_update"] / ok["grpo"]["s_per_update"]
+        results["paw_over_grpo_memory"] = ok["paw"]["peak_gb"] / ok["grpo"]["peak_gb"]
+    if {"paw", "paw_budget"} <= set(ok):  # the same mini-batch in micro-batches of at most --budget tokens
+        results["budget_over_whole_time"] = ok["paw_budget"]["s_per_update"] / ok["paw"]["s_per_update"]
+        results["budget_over_whole_memory"] = ok["paw_budget"]["peak_gb"] / ok["paw"]["peak_gb"]
+    results["oom"] = len(ok) < len(arms)
     return results
 
 
@@ -184,6 +216,10 @@ def main() -> None:
     parser.add_argument("--decode_batch", type=int, default=64)
     parser.add_argument("--decode_prompt", type=int, default=512)
     parser.add_argument("--decode_steps", type=int, default=32)
+    parser.add_argument("--memory_cap_gb", type=float, default=None,
+                        help="cap this process's CUDA allocator at this many GiB (a card's size); OOM is recorded")
+    parser.add_argument("--peak_matmul_size", type=int, default=None,
+                        help="the bf16 peak for MFU/HFU is measured on matmuls of this size (default 8192 on a GPU, 512 on CPU)")
     parser.add_argument("--out", default=str(Path(__file__).with_name("results.json")))
     args = parser.parse_args()
     device_name = torch.cuda.get_device_name() if args.device.startswith("cuda") else "cpu"
@@ -191,9 +227,19 @@ def main() -> None:
               "settings": {k: v for k, v in vars(args).items() if k != "out"}}
     with tempfile.TemporaryDirectory() as folder:
         save_random_model(args.shape, folder, args.device)
+        args.peak_tflops = bf16_peak_tflops(args.device, args.peak_matmul_size or (8192 if on_cuda(args.device) else 512))
+        report["memory"] = apply_memory_cap(args.memory_cap_gb, args.device)
+        report["peak_bf16_tflops"] = args.peak_tflops
+        report["matmul_params"] = matmul_params(SHAPES[args.shape])
         for mode in args.modes.split(","):
             if mode == "decode":
-                report[mode] = decode_benchmark(args, folder)
+                try:
+                    settle(args.device)
+                    report[mode] = {"oom": False} | decode_benchmark(args, folder) | peak_memory(args.device)
+                except Exception as err:  # noqa: BLE001 - an OOM under a cap is a result
+                    if not is_oom(err):
+                        raise
+                    report[mode] = oom_result(err)
             else:
                 report[mode] = update_benchmark(args, folder, "bnb.nf4" if mode == "qlora" else None)
     print(json.dumps(report, indent=2))
