@@ -45,13 +45,13 @@ def fit_once(checkout: Path, model: str) -> dict:
         proc = subprocess.run(proc_args, capture_output=True, text=True, cwd=run, env=os.environ | {"HF_HUB_OFFLINE": "1"})
         wall = time.perf_counter() - started
         if proc.returncode != 0:
-            return {"checkout": str(checkout), "error": proc.stderr[-2000:]}
+            return {"checkout": checkout.name, "error": proc.stderr[-2000:]}
         peak_kb = int(next(line.split()[1] for line in proc.stdout.splitlines() if line.startswith("PEAK_RSS_KB")))
         rows = list(csv.DictReader(open(Path(run) / "runs/csv/version_0/metrics.csv")))
         column = lambda name: [round(float(r[name]), 2) for r in rows if r.get(name)]  # noqa: E731 - one per iteration
         iteration_s, rollout_s, learner = column("perf/iteration_s"), column("rollout/wall_s"), column("perf/tokens_per_s")
     commit = subprocess.run(["git", "-C", str(checkout), "rev-parse", "--short", "HEAD"], capture_output=True, text=True).stdout.strip()
-    return {"checkout": str(checkout), "commit": commit, "peak_rss_gb": round(peak_kb / 1024**2, 3),
+    return {"checkout": checkout.name, "commit": commit, "peak_rss_gb": round(peak_kb / 1024**2, 3),
             "s_per_iteration": round(sum(iteration_s[1:]) / max(len(iteration_s) - 1, 1), 2), "iterations_s": iteration_s,
             "rollout_s": rollout_s, "update_s": [round(i - r, 2) for i, r in zip(iteration_s, rollout_s)],
             "learner_tokens_per_s": learner,
