@@ -23,14 +23,13 @@ import gymnasium as gym
 
 from gymnasium.envs.registration import load_env_creator
 
-from paw_lightning.envs.base import text_space
+from paw_lightning.envs.base import NO_ACTION, text_space
 from paw_lightning.envs.gymnasium_defaults import (default_action_names, default_labels, default_task,
                                                    default_win_rule, parse_win_rule)
 from paw_lightning.envs.space_text import check_describable, space_text
 
 ANSI_SPAN = re.compile(r"\x1b\[[0-9;]*m(.*?)\x1b\[0m", re.DOTALL)
 ANSI_CODE = re.compile(r"\x1b\[[0-9;]*m")
-NO_ACTION = "Nothing happens: that is not one of the actions."
 
 
 def ansi_text(render: str) -> str:
