@@ -20,7 +20,6 @@ from collections.abc import Callable, Sequence
 from typing import Any
 
 import gymnasium as gym
-
 from gymnasium.envs.registration import load_env_creator
 
 from paw_lightning.envs.base import NO_ACTION, text_space
@@ -57,13 +56,13 @@ def taxi_text(obs: int, env: gym.Env) -> str:
             f"the destination is {names[destination]}.\n{walls}")
 
 
-def import_function(path: str) -> Callable:
-    """The function named ``"package.module:function"``."""
+def import_function(path: str, option: str = "describe") -> Callable:
+    """The function named ``"package.module:function"`` (``option``: the config key, for the error)."""
     module, _, name = path.partition(":")
     try:
         return getattr(importlib.import_module(module), name)
     except (ImportError, AttributeError, ValueError) as err:
-        raise ValueError(f"cannot import describe={path!r} ({err}); give it as 'package.module:function'") from None
+        raise ValueError(f"cannot import {option}={path!r} ({err}); give it as 'package.module:function'") from None
 
 
 class DiscreteTextWrapper(gym.Wrapper):
@@ -97,7 +96,7 @@ class DiscreteTextWrapper(gym.Wrapper):
         self.action_names = list(action_names)
         self.task = task or default_task(env_id, self.action_names)
         self.describe, self.labels = describe, default_labels(env_id)
-        self.win_rule = parse_win_rule(win or default_win_rule(env_id), import_function)
+        self.win_rule = parse_win_rule(win or default_win_rule(env_id), lambda path: import_function(path, "win"))
         self._index = {" ".join(name.lower().split()): i for i, name in enumerate(self.action_names)}
         self.reward_scale = float(reward_scale)
         self.task_type = task_type or env_id

@@ -187,6 +187,7 @@ def test_success_rates_leave_out_episodes_of_envs_without_a_win():
         ({"env_id": "Pendulum-v1"}, "needs a Discrete action space; Pendulum-v1 has Box.*DiscretizeAction"),
         ({"env_id": "CartPole-v1", "win": "reward=1"}, "unknown win rule 'reward=1'; give one of survive, terminate"),
         ({"env_id": "CartPole-v1", "action_names": ["left"]}, "give 2 distinct action_names"),
+        ({"env_id": "CartPole-v1", "win": "my_rules:nope"}, "cannot import win='my_rules:nope'"),
     ],
 )
 def test_bad_no_code_options_say_what_to_do(kwargs, message):
