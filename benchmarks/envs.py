@@ -46,6 +46,9 @@ FAMILIES = {
     "frozenlake_slippery": ("frozenlake_slippery_tiny.yaml", "FrozenLake-v1 4x4, slippery"),
     "cliffwalking": ("cliffwalking_tiny.yaml", "CliffWalking-v1"),
     "taxi": ("taxi_tiny.yaml", "Taxi-v4"),
+    "cartpole": ("cartpole_tiny.yaml", "CartPole-v1 from its id alone (no code), won = up at the 12-step limit"),
+    "sokoban": ("smollm2_sokoban.yaml", "generated rooms (here 6x6, one box)"),
+    "babyai": ("smollm2_babyai.yaml", "96 BabyAI levels (here GoToLocalS5N2 and GoToRedBallNoDists)"),
 }
 
 

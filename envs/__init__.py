@@ -1,7 +1,8 @@
 """Text environments for paw-lightning (installed as ``paw_lightning.envs``).
 
 Importing this package registers the Gymnasium ids ``paw/TextWorld-v0``, ``paw/ALFWorld-v0``, ``paw/ScienceWorld-v0``,
-``paw/TextWorldExpress-v0`` and ``paw/Gymnasium-v0`` (any Discrete-action Gymnasium env as a text env, envs/wrappers.py).
+``paw/TextWorldExpress-v0``, ``paw/Gymnasium-v0`` (any Discrete-action Gymnasium env as a text env, envs/wrappers.py)
+``paw/Sokoban-v0`` (envs/sokoban.py) and ``paw/BabyAI-v0`` (envs/babyai.py).
 Register your own env the same way and name its id in a config's ``data.env_id``; no framework code changes.
 """
 
@@ -15,6 +16,8 @@ _REGISTRATIONS = {
     "paw/ScienceWorld-v0": "paw_lightning.envs.scienceworld:ScienceWorldEnv",
     "paw/TextWorldExpress-v0": "paw_lightning.envs.textworld_express:TextWorldExpressEnv",
     "paw/Gymnasium-v0": "paw_lightning.envs.wrappers:make_gymnasium_text_env",
+    "paw/Sokoban-v0": "paw_lightning.envs.sokoban:SokobanEnv",
+    "paw/BabyAI-v0": "paw_lightning.envs.babyai:BabyAIEnv",
 }
 
 for _env_id, _entry_point in _REGISTRATIONS.items():

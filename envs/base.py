@@ -23,6 +23,7 @@ import gymnasium as gym
 TEXT_SPACE_MAX_LENGTH = 100_000
 TEXT_CHARSET = frozenset(string.printable) | frozenset("\u2019\u2018\u201c\u201d\u2014\u2013")
 REQUIRED_INFO_KEYS = ("task", "admissible_commands", "won")
+NO_ACTION = "Nothing happens: that is not one of the actions."  # the observation after text that names no action
 
 
 def text_space() -> gym.spaces.Text:

@@ -3,7 +3,7 @@
 30 tasks of elementary science (7 topics in the package's labels), each with numbered variations split into train, dev and
 test. ``reset(seed=s)`` plays task ``tasks[s % len(tasks)]``, variation ``split[(s // len(tasks)) % n]``
 (or ``options={"task": name, "variation": v}``); a (task, variation, simplifications) triple fixes the
-world, so the same seed replays exactly. Each env starts its own JVM on its first reset (2-3 s).
+world's layout, but the simulator itself is not deterministic for some tasks (docs/environments.md). Each env starts its own JVM on its first reset (2-3 s).
 
     env = gymnasium.make("paw/ScienceWorld-v0", tasks=["find-living-thing", "boil"], split="dev")
     obs, info = env.reset(seed=0)   # info: task, admissible_commands, won, task_type, task_label, ...

@@ -15,24 +15,30 @@ from paw_lightning.rollout.types import Episode, Rollout
 
 def episode_metrics(rollout: Rollout | Sequence[Episode]) -> dict[str, float]:
     """Success rate and episode count (overall and per task type), return, length and valid-action ratio,
-    of a rollout's episodes (or of any list of episodes, e.g. every process's)."""
+    of a rollout's episodes (or of any list of episodes, e.g. every process's). Success rates count only
+    winnable episodes (an env whose ``info["winnable"]`` is False has no win, only a return), and are
+    left out where there are none."""
     episodes = rollout.episodes if isinstance(rollout, Rollout) else list(rollout)
     if not episodes:
         return {}
     steps = sum(e.length for e in episodes)
+    winnable = [e for e in episodes if e.winnable]
     metrics = {
-        "episode/success_rate": sum(e.won for e in episodes) / len(episodes),
         "episode/return": sum(e.total_return for e in episodes) / len(episodes),
         "episode/length": steps / len(episodes),
         "episode/valid_action_ratio": sum(e.valid_actions for e in episodes) / max(steps, 1),
         "episode/count": float(len(episodes)),
     }
-    by_type: dict[str, list[bool]] = defaultdict(list)
+    if winnable:
+        metrics["episode/success_rate"] = sum(e.won for e in winnable) / len(winnable)
+    by_type: dict[str, list[Episode]] = defaultdict(list)
     for e in episodes:
-        by_type[e.task_type].append(e.won)
-    for task_type, wins in sorted(by_type.items()):
-        metrics[f"episode/success_rate/{task_type}"] = sum(wins) / len(wins)
-        metrics[f"episode/count/{task_type}"] = float(len(wins))
+        by_type[e.task_type].append(e)
+    for task_type, group in sorted(by_type.items()):
+        wins = [e.won for e in group if e.winnable]
+        if wins:
+            metrics[f"episode/success_rate/{task_type}"] = sum(wins) / len(wins)
+        metrics[f"episode/count/{task_type}"] = float(len(group))
     return metrics
 
 

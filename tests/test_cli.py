@@ -80,9 +80,11 @@ def test_grpo_baseline_runs_without_world_model_metrics(tmp_path, monkeypatch, c
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("config", ["scienceworld_tiny", "textworld_express_tiny", "frozenlake_tiny"])
+@pytest.mark.parametrize("config", ["scienceworld_tiny", "textworld_express_tiny", "frozenlake_tiny", "cartpole_tiny",
+                                    "sokoban_tiny", "babyai_tiny"])
 def test_each_env_family_runs_two_iterations(config, tmp_path, monkeypatch):
-    """ScienceWorld, TextWorldExpress and a wrapped Gymnasium env train end to end (envs in 2 workers)."""
+    """ScienceWorld, TextWorldExpress, wrapped Gymnasium envs (CartPole from its id alone), Sokoban and BabyAI
+    train end to end (envs in 2 workers)."""
     monkeypatch.chdir(tmp_path)
     main(["fit", "--config", str(ROOT / f"configs/{config}.yaml"), *SMALL, "--data.num_groups=1",
           "--data.env_workers=2", "--data.val_episodes=0"])
@@ -99,6 +101,10 @@ def test_each_env_family_runs_two_iterations(config, tmp_path, monkeypatch):
         ("textworld_express_tiny", "--data.env_kwargs.game=zork", "valid games: ('cookingworld', 'twc', 'coin'"),
         ("textworld_express_tiny", "--data.env_kwargs.game_params=numRooms=3", "Known properties: numLocations"),
         ("frozenlake_tiny", "--data.env_kwargs.env_id=FrozenLake-v9", "unknown Gymnasium id 'FrozenLake-v9'"),
+        ("cartpole_tiny", "--data.env_kwargs.env_id=Pendulum-v1", "needs a Discrete action space; Pendulum-v1 has Box"),
+        ("cartpole_tiny", "--data.env_kwargs.win=always", "unknown win rule 'always'"),
+        ("sokoban_tiny", "--data.env_kwargs.num_boxes=9", "a 6x6 Sokoban room holds 1..4 boxes"),
+        ("babyai_tiny", "--data.env_kwargs.levels=[GoToMars]", "unknown BabyAI level(s) ['GoToMars']; valid levels:"),
     ],
 )
 def test_bad_env_options_fail_in_one_line_before_the_model_loads(config, override, message, tmp_path, monkeypatch, capsys):

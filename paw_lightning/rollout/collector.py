@@ -145,7 +145,7 @@ class Collector:
             # Per-type metrics use the env's short label when it gives one (ALFWorld: Pick, Look, ...).
             task_type = info.get("task_label") or info.get("task_type", "default")
             episode = Episode(i, group, group_seeds[group], task_type, task=str(info.get("task", "")),
-                              env_restarts=restarts[i], env_timeouts=timeouts[i])
+                              winnable=bool(info.get("winnable", True)), env_restarts=restarts[i], env_timeouts=timeouts[i])
             slots.append(_Slot(episode, obs, info))
         return slots
 

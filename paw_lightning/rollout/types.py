@@ -61,6 +61,7 @@ class Episode:
     total_return: float = 0.0
     length: int = 0
     won: bool = False
+    winnable: bool = True  # False: the env has no win, only a return (info["winnable"]); not in success rates
     valid_actions: int = 0
     env_restarts: int = 0  # times its env was rebuilt (raised, timed out or lost its worker; resets included)
     env_timeouts: int = 0  # env calls that missed the deadline
