@@ -2,7 +2,7 @@
 
 DESIGN: the table of contents of an iteration; every job it wires lives in a module below it (none imports
 this one). ``on_rollout``: rollout_prep.py (WM targets and the placebo, the no-grad scoring passes with
-their out-of-memory retry, advantages, WM defaults, de-duplication) around PaW's ``RolloutCallback`` s,
+their out-of-memory retry, advantages, WM defaults, de-duplication) around PaW's rollout callbacks,
 then records.py (metrics, episode log). ``training_step``: update.py (micro-batches, the loss terms, logs)
 and step_memory.py (the planner's probe, the retry's restore, the budget all processes agree on); the
 clipping hook: update.py's guard and per-term gradient norms. ``validation_step``: validation.py. heads.py
