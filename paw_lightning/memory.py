@@ -13,7 +13,8 @@
   gradient checkpointing as needed; the plan is the fastest setting that stays under the usable memory:
   no checkpointing when the whole mini-batch fits without it, else the largest budget with it.
 
-See docs/memory.md for what takes memory in an update and what fits on which card.
+How the training step uses them (the restore, the probe updates, the budget every process agrees on) is in
+step_memory.py. See docs/memory.md for what takes memory in an update and what fits on which card.
 """
 
 from __future__ import annotations

@@ -23,6 +23,7 @@ from pathlib import Path
 import gymnasium as gym
 import torch
 
+from paw_lightning.cli_config import build_cli, last_checkpoint, setup_errors
 from paw_lightning.episode_log import episode_records, episode_text
 from paw_lightning.rollout.env_workers import make_text_env
 from paw_lightning.rollout.prompts import sanitize_action
@@ -159,8 +160,6 @@ def play_policy(cli, split: str, episodes: int, seed: int | None, iteration: int
 def main(args: list[str] | None = None) -> list[dict]:
     """``paw play``: parse its own options, hand the rest to the config parser, play; returns the episodes'
     records (by hand: their summaries)."""
-    from paw_lightning.cli import build_cli, last_checkpoint, setup_errors
-
     options, rest = play_parser().parse_known_args(sys.argv[1:] if args is None else args)
     with setup_errors():
         if options.episodes < 1:

@@ -18,7 +18,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 import torch  # noqa: E402
 
 import tests.envs.fakes  # noqa: E402,F401 - registers paw-test/RankCorridor-v0
-from paw_lightning import module as module_file  # noqa: E402
+from paw_lightning import rollout_prep as module_file  # noqa: E402
 from paw_lightning.cli import cli_main  # noqa: E402
 from paw_lightning.rollout import vllm_engine  # noqa: E402
 

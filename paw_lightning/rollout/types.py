@@ -1,8 +1,8 @@
 """What a rollout holds: one ``Transition`` per env step and one ``Episode`` per finished episode.
 
-The collector fills the transitions; ``PaWModule.prepare_rollout`` adds the per-transition tensors
-(old/reference log-probs, action entropy, advantages) and the PaW callbacks write ``wm_selected`` and
-``wm_weight``. Everything downstream (batches, losses, metrics) reads from here.
+The collector fills the transitions; ``rollout_prep.prepare_rollout`` (via ``PaWModule.on_rollout``) adds
+the per-transition tensors (old/reference log-probs, action entropy, advantages) and the PaW callbacks
+write ``wm_selected`` and ``wm_weight``. Everything downstream (batches, losses, metrics) reads from here.
 """
 
 from __future__ import annotations
@@ -37,7 +37,7 @@ class Transition:
     candidate_logprobs: list[float] | None = None  # score actor: the sampling policy's log-prob of every candidate
     candidates: list[str] | None = None  # score actor: the admissible commands, in candidate order (episode logs)
     observation: str = ""  # o_t, the observation the action was taken in (GiGPO's anchor state)
-    # The world-model target after a_t, set by PaWModule.prepare_rollout (world_model.build_targets) when an
+    # The world-model target after a_t, set by rollout_prep.build_wm_targets (world_model.build_targets) when an
     # option changes it; None means obs_ids, every token in the loss.
     wm_ids: list[int] | None = None
     wm_loss_mask: list[bool] | None = None  # per wm_ids token: is it an observation token the WM loss scores
@@ -80,7 +80,7 @@ class Rollout:
     wall_s: float = 0.0
     engine: str = "hf"  # the rollout engine that ran the actor
     exact_actor_logprobs: bool = True  # the actor's log-probs are the trainer's own (HF engine): reusable
-    # Per transition, filled by PaWModule.prepare_rollout:
+    # Per transition, filled by rollout_prep.prepare_rollout:
     old_logprobs: list[Tensor] = field(default_factory=list)  # each (units,)
     ref_logprobs: list[Tensor] | None = None
     action_entropy: Tensor | None = None  # (N,)
