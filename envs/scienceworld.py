@@ -11,6 +11,7 @@ world's layout, but the simulator itself is not deterministic for some tasks (do
 
 from __future__ import annotations
 
+import re
 from typing import Any, Sequence
 
 import gymnasium as gym
@@ -52,6 +53,87 @@ def check_tasks(tasks: Sequence[str] | None) -> list[str]:
     if unknown:
         raise ValueError(f"unknown ScienceWorld task(s) {unknown}; valid tasks: {sorted(known)}")
     return names
+
+
+# words the simulator's parser takes for a listed verb (gold plans say "examine", the list "look at")
+VERB_SYNONYMS = {"examine ": "look at ", "drop ": "put down "}
+TERMINAL = re.compile(r"terminal \d+")  # a device's terminal: "terminal 1", "terminal 1 on aluminum foil", ...
+
+
+def object_containers(tree: dict[str, Any]) -> dict[str, str]:
+    """Every object's id -> the id of what holds it, from the simulator's object tree (``getObjectTree``)."""
+    containers: dict[str, str] = {}
+    stack = [tree]
+    while stack:
+        node = stack.pop()
+        for child in node.get("contents", {}).values():
+            containers[child["uuid"]] = node["uuid"]
+            stack.append(child)
+    return containers
+
+
+def listed_equivalent(command: str, listed: set[str], combos: list[dict[str, Any]],
+                      referents: dict[str, list[str]], containers: dict[str, str]) -> str | None:
+    """The listed command the simulator would carry out as ``command``, or None when no listed command does.
+
+    The valid list names each (action, objects) combination once, in one wording; the parser also takes a
+    verb's synonyms (``VERB_SYNONYMS``, and ``in`` for ``into``), any referent of an object (``battery anode``
+    for ``anode in battery``) and ``<referent> in|on <a referent of what holds it>`` (``thermometer in
+    inventory``, ``cup in art studio``, ``organism on reproducing plant``). So: the
+    command itself if listed; else a listed command naming the same action and objects as a valid combination
+    (``combos``: the simulator's ``action`` / ``obj_ids`` records, whose wording of an object can differ from
+    the list's) that reads as ``command`` with its objects named in any of those ways; else,
+    for a command naming a device's terminal, the listed one naming the device (the simulator connects its
+    next free terminal). ``referents``: object id -> every referent; ``containers``: object id -> holder id.
+    """
+    if command in listed:
+        return command
+    for synonym, verb in VERB_SYNONYMS.items():
+        if command.startswith(synonym):
+            command = verb + command[len(synonym):]
+    if command in listed:
+        return command
+    names: dict[str, str] = {}  # object id -> a regex of every way to name it
+
+    def name(obj: str, whole_device: bool) -> str:
+        key = f"{obj}{whole_device}"
+        if key not in names:
+            own = referents.get(obj, [])
+            if whole_device:  # the device's name may also stand for one of its terminals
+                own = own + [r for child, holder in containers.items() if holder == obj
+                             for r in referents.get(child, []) if TERMINAL.search(r)]
+            holders, up = [], containers.get(obj)
+            while up is not None:  # "cup in art studio": any holder up the tree
+                holders += referents.get(up, [])
+                up = containers.get(up)
+            words = set(own) | {f"{r} {at} {h}" for r in own for at in ("in", "on") for h in holders}
+            names[key] = "(?:" + "|".join(re.escape(w) for w in sorted(words, key=len, reverse=True)) + ")"
+        return names[key]
+
+    def between(text: str) -> str:  # the words between object names: "pour X into Y" is also "pour X in Y"
+        return re.escape(text).replace(r"\ into\ ", r"\ in(?:to)?\ ")
+
+    verb = command.split(" ", 1)[0]
+    for whole_device in (False, True):
+        matches: set[str] = set()
+        for combo in combos:
+            action, objects = combo["action"], [str(i) for i in combo["obj_ids"]]
+            if not objects or not action.startswith(verb):
+                continue
+            pattern, rest = "", action
+            for obj in objects:  # the action read as text between its object names
+                found = re.search(rf"(?<![\w]){name(obj, False)}(?![\w])", rest)
+                if found is None:
+                    break
+                pattern += between(rest[:found.start()]) + name(obj, whole_device)
+                rest = rest[found.end():]
+            else:
+                same = re.compile(pattern + between(rest))
+                if same.fullmatch(command):  # the list words this combination its own way (and anew at each call)
+                    matches.update(text for text in listed if text.startswith(verb) and same.fullmatch(text))
+        if matches:
+            return min(matches)  # objects alike in all but id (seeds of one jar): any of them
+    return None
 
 
 class ScienceWorldEnv(gym.Env):
@@ -113,6 +195,7 @@ class ScienceWorldEnv(gym.Env):
         self._variations: dict[str, list[int]] = {}
         self._loaded: tuple[str, int] | None = None
         self._plan: list[str] = []
+        self._valid: set[str] = set()  # the simulator's whole list at this step, before the filters
         self._moves, self._draw = 0, 0
         self._won = False
 
@@ -147,7 +230,7 @@ class ScienceWorldEnv(gym.Env):
 
     def _info(self, sim_info: dict[str, Any], won: bool) -> dict[str, Any]:
         task, variation = self._loaded
-        valid = set(sim_info["valid"]) - {"reset task"}
+        valid = self._valid = set(sim_info["valid"]) - {"reset task"}
         commands = sorted(c for c in valid if c.startswith(self.keep_commands) and not c.startswith(self.drop_commands))
         # the score actor needs a candidate: when the filters leave none, the simulator's own list (or a look)
         commands = commands or sorted(valid) or ["look around"]
@@ -189,6 +272,21 @@ class ScienceWorldEnv(gym.Env):
         self._won = won
         truncated = not done and self._moves >= self.step_limit
         return canonical_text(obs), reward, bool(done), truncated, self._info(sim_info, won)
+
+    def listed_equivalent(self, command: str) -> str | None:
+        """The command of the simulator's whole valid list at this step (before ``keep_commands``, ``drop_commands``
+        and ``max_commands``) that does what ``command`` does, None when none does (see ``listed_equivalent``):
+        how a gold plan, written in the simulator's free wording, is played through listed commands only."""
+        if self._loaded is None:
+            raise RuntimeError("call reset() before listed_equivalent()")
+        if command in self._valid:
+            return command
+        sim = self._sim
+        referents = {obj: entry["referents"] for obj, entry in sim.get_all_object_ids_types_referents_LUTJSON().items()}
+        for obj, unique in sim.get_possible_object_referent_LUT().items():  # the list's own names of visible objects
+            referents[obj] = [*referents.get(obj, []), unique]
+        return listed_equivalent(command, self._valid, sim.get_valid_action_object_combinations_with_templates(),
+                                 referents, object_containers(sim.getObjectTree()))
 
     def close(self) -> None:
         sim, self._sim, self._loaded = self._sim, None, None  # forgotten first: a JVM that fails to stop is gone anyway

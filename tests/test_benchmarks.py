@@ -216,6 +216,16 @@ def test_env_zoo_script_measures_a_family_and_writes_its_row(tmp_path):
     assert "| frozenlake | frozenlake_tiny.yaml |" in done.stdout and "not measured |" in done.stdout
 
 
+def test_scienceworld_gold_script_plays_a_plan_raw_and_through_listed_commands(tmp_path):
+    out = tmp_path / "results.json"
+    done = subprocess.run([sys.executable, str(ROOT / "benchmarks/scienceworld_gold.py"), "--tasks", "lifespan-longest-lived",
+                           "--out", str(out)], capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stdout + done.stderr
+    report = json.loads(out.read_text())["runs"][0]["scienceworld_gold"]
+    assert report["episodes"] == 1 and report["raw_won"] == 1 and report["listed_won"] == 1
+    assert report["steps"]["exact"] > 0 and set(report["none_commands"]) <= {"open door"}
+
+
 def test_the_preset_falls_back_to_textworld_when_alfworlds_planner_cannot_load(bench, monkeypatch):
     import ctypes
 
