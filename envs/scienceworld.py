@@ -93,10 +93,10 @@ def listed_equivalent(command: str, listed: set[str], combos: list[dict[str, Any
             command = verb + command[len(synonym):]
     if command in listed:
         return command
-    names: dict[str, str] = {}  # object id -> a regex of every way to name it
+    names: dict[tuple[str, bool], str] = {}  # (object id, whole_device) -> a regex of every way to name it
 
     def name(obj: str, whole_device: bool) -> str:
-        key = f"{obj}{whole_device}"
+        key = (obj, whole_device)
         if key not in names:
             own = referents.get(obj, [])
             if whole_device:  # the device's name may also stand for one of its terminals
